@@ -1,0 +1,113 @@
+"""Process-wide settings: defaults < TOML file < HEADRACE_* environment < command-line flags."""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from pathlib import Path
+from typing import Any
+
+import msgspec
+
+from headrace.config.errors import ConfigError
+
+MiB = 1024 * 1024
+
+
+class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """Every knob of ``headrace serve``. Field name = TOML key = ``HEADRACE_<NAME>`` = ``--name``."""
+
+    host: str = "127.0.0.1"
+    http_port: int = 9000
+    grpc_port: int = 9500
+    control_host: str = "127.0.0.1"
+    control_port: int = 9004
+    workers: int = 0  # 0: the number of usable cores
+    data_dir: str = ".headrace"
+    grace_period_s: float = 30.0
+    max_body_bytes: int = 100 * MiB
+    model_timeout_s: float = 60.0
+    keepalive_timeout_s: float = 75.0
+    # Shared-memory arenas, one per direction per (worker, model-server replica) connection.
+    arena_bytes: int = 64 * MiB
+    # Tensors smaller than this travel inline in the IPC message instead of through shm.
+    shm_min_bytes: int = 1024
+    # Seldon Server manifests to run (each a YAML file); empty: the built-in `headrace` server.
+    server_files: tuple[str, ...] = ()
+    # Replicas of the built-in `headrace` server when no server_files are given.
+    server_replicas: int = 1
+    # Memory capacity of each model-server replica, counted against models' `memory`.
+    server_memory_bytes: int = 4096 * MiB
+    # Model manifests loaded (idempotently) when the scheduler starts.
+    load_files: tuple[str, ...] = ()
+    log_level: str = "info"
+
+    @property
+    def worker_count(self) -> int:
+        if self.workers > 0:
+            return self.workers
+        return max(1, len(os.sched_getaffinity(0)))
+
+    @property
+    def run_dir(self) -> Path:
+        return Path(self.data_dir) / "run"
+
+    @property
+    def control_url(self) -> str:
+        return f"http://{self.control_host}:{self.control_port}"
+
+
+_FIELDS = {f.name: f for f in msgspec.structs.fields(Settings)}
+
+
+def _coerce_env(name: str, raw: str) -> Any:
+    field = _FIELDS[name]
+    default = field.default
+    try:
+        if isinstance(default, bool):
+            return raw.lower() in ("1", "true", "yes", "on")
+        if isinstance(default, int):
+            return int(raw)
+        if isinstance(default, float):
+            return float(raw)
+        if isinstance(default, tuple):
+            return tuple(p for p in raw.split(",") if p)
+    except ValueError:
+        raise ConfigError(f"HEADRACE_{name.upper()}={raw!r} is not a valid {field.type}") from None
+    return raw
+
+
+def load_settings(
+    config_file: str | None = None,
+    overrides: dict[str, Any] | None = None,
+    environ: dict[str, str] | None = None,
+) -> Settings:
+    """Merge the layers and validate once; errors name the field and where it came from."""
+    env = os.environ if environ is None else environ
+    merged: dict[str, Any] = {}
+    path = config_file or env.get("HEADRACE_CONFIG")
+    if path:
+        try:
+            with open(path, "rb") as fh:
+                from_file = tomllib.load(fh)
+        except (OSError, tomllib.TOMLDecodeError) as exc:
+            raise ConfigError(f"config file {path}: {exc}") from None
+        unknown = sorted(set(from_file) - set(_FIELDS))
+        if unknown:
+            raise ConfigError(f"config file {path}: unknown setting(s) {', '.join(unknown)}")
+        merged.update(from_file)
+    for name in _FIELDS:
+        raw = env.get(f"HEADRACE_{name.upper()}")
+        if raw is not None:
+            merged[name] = _coerce_env(name, raw)
+    for name, value in (overrides or {}).items():
+        if value is not None:
+            merged[name] = value
+    try:
+        return msgspec.convert(merged, Settings)
+    except msgspec.ValidationError as exc:
+        raise ConfigError(f"invalid setting: {exc}") from None
+
+
+def to_dict(settings: Settings) -> dict[str, Any]:
+    return msgspec.structs.asdict(settings)

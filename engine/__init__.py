@@ -1,0 +1,1 @@
+"""Control plane (scheduler) and, later, the Kafka backbone and dataflow."""

@@ -1,0 +1,1 @@
+"""Front door (REST, gRPC), the OIP data plane, and the model-server runtime and its client."""

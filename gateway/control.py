@@ -1,0 +1,82 @@
+"""Control-plane wire types shared by the scheduler, workers and model servers (JSON via msgspec).
+
+Desired state flows down by long-poll (``after`` = last version seen); status flows up by report.
+"""
+
+from __future__ import annotations
+
+import msgspec
+
+
+class TensorSpec(msgspec.Struct, frozen=True):
+    name: str
+    datatype: str
+    shape: list[int]
+
+
+class ModelSpec(msgspec.Struct, frozen=True, kw_only=True):
+    """What a server (or an inline worker) needs to load one model."""
+
+    name: str
+    uri: str  # resolved local folder
+    runtime: str  # "python" | "sklearn"
+    version: str = "1"
+    generation: int = 1  # bumped on every (re)load of the same name
+    memory: int = 0
+    parameters: dict[str, str] = {}
+    inline: bool = False
+
+
+class ReplicaAddr(msgspec.Struct, frozen=True):
+    server: str
+    index: int
+    socket: str  # unix socket path of that server replica
+
+
+class ModelRoute(msgspec.Struct, frozen=True, kw_only=True):
+    name: str
+    version: str = "1"
+    generation: int = 1
+    ready: bool = False
+    inline: bool = False
+    spec: ModelSpec | None = None  # set for inline models: workers load them in-process
+    replicas: list[ReplicaAddr] = []
+    platform: str = ""
+    inputs: list[TensorSpec] = []
+    outputs: list[TensorSpec] = []
+
+
+class RoutingTable(msgspec.Struct, frozen=True, kw_only=True):
+    version: int = 0
+    models: dict[str, ModelRoute] = {}
+
+
+class ServerDesired(msgspec.Struct, frozen=True, kw_only=True):
+    version: int = 0
+    models: list[ModelSpec] = []
+
+
+class LoadedModel(msgspec.Struct, frozen=True, kw_only=True):
+    name: str
+    generation: int
+    state: str  # "Loaded" | "LoadFailed" | "Loading"
+    message: str = ""
+    platform: str = ""
+    inputs: list[TensorSpec] = []
+    outputs: list[TensorSpec] = []
+
+
+class ServerReport(msgspec.Struct, frozen=True, kw_only=True):
+    server: str
+    index: int
+    pid: int
+    started_at: float  # identifies an incarnation: a restarted replica reports a new value
+    desired_version: int
+    models: list[LoadedModel] = []
+
+
+class WorkerReport(msgspec.Struct, frozen=True, kw_only=True):
+    index: int
+    pid: int
+    routes_version: int
+    inline: list[LoadedModel] = []

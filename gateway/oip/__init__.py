@@ -1,0 +1,1 @@
+"""Open Inference Protocol: tensor types, datatypes and the REST/gRPC codecs."""

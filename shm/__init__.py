@@ -1,0 +1,1 @@
+"""Shared-memory tensor arenas and the references that cross process boundaries."""
