@@ -85,7 +85,9 @@ class Tensor:
         try:
             return np.asarray(self.data, dtype=NUMPY_DTYPES[dt]).reshape(self.shape)
         except (ValueError, TypeError) as exc:
-            raise InvalidInputError(f"tensor '{self.name}': data does not fit {dt}{self.shape}: {exc}") from None
+            raise InvalidInputError(
+                f"tensor '{self.name}': data does not fit {dt}{self.shape}: {exc}"
+            ) from None
 
     def raw_bytes(self) -> bytes | memoryview:
         """The tensor in raw form (encodes a JSON ``data`` list when needed)."""
@@ -117,7 +119,7 @@ class Tensor:
             arr = np.ascontiguousarray(array)
             if arr.dtype.byteorder == ">":
                 arr = arr.astype(arr.dtype.newbyteorder("<"))
-            raw = memoryview(arr).cast("B") if arr.size else b""
+            raw = arr.data.cast("B") if arr.size else b""
         return cls(name=name, datatype=datatype, shape=shape, raw=raw, parameters=parameters or {})
 
     def nbytes(self) -> int:
@@ -179,3 +181,64 @@ def _bytes_to_json(b: bytes) -> str:
         raise InvalidInputError(
             "BYTES output is not UTF-8; request it with binary_data to receive raw bytes"
         ) from None
+
+
+def count_bytes_elements(raw: bytes | memoryview) -> int:
+    """How many elements a raw BYTES buffer holds; raises InvalidInputError when it is malformed."""
+    view = memoryview(raw)
+    if view.format != "B" or view.ndim != 1:
+        view = view.cast("B")
+    unpack = _LEN.unpack_from
+    pos, end, n = 0, len(view), 0
+    while pos < end:
+        if pos + 4 > end:
+            raise InvalidInputError("BYTES tensor data is truncated (incomplete length prefix)")
+        pos += 4 + unpack(view, pos)[0]
+        n += 1
+    if pos != end:
+        raise InvalidInputError("BYTES tensor data is truncated (element longer than buffer)")
+    return n
+
+
+def check_raw(
+    name: str, datatype: str, shape: list[int], raw: bytes | memoryview, what: str = "input"
+) -> None:
+    """Raise InvalidInputError naming the tensor unless ``raw`` holds exactly what ``shape`` needs."""
+    count = element_count(shape)
+    size = len(raw) if isinstance(raw, bytes) else raw.nbytes
+    item = ITEM_SIZES.get(datatype)
+    if item is not None:
+        if size != count * item:
+            raise InvalidInputError(
+                f"{what} '{name}' has {size} bytes of binary data but {datatype} {shape} needs "
+                f"{count * item} ({count} x {item} bytes)"
+            )
+        return
+    try:
+        n = count_bytes_elements(raw)
+    except InvalidInputError as exc:
+        raise InvalidInputError(f"{what} '{name}': {exc.message}") from None
+    if n != count:
+        raise InvalidInputError(f"{what} '{name}' holds {n} BYTES elements but shape {shape} needs {count}")
+
+
+def select_outputs(
+    response: InferResponse, request: InferRequest | None
+) -> list[tuple[Tensor, RequestedOutput | None]]:
+    """The outputs to return, in model order, each with its requested-output entry (if any).
+
+    When the request lists outputs only those are returned; a listed name the model did not
+    produce raises InvalidInputError naming it."""
+    requested = request.outputs if request is not None else None
+    if not requested:
+        return [(t, None) for t in response.outputs]
+    wanted = {r.name: r for r in requested}
+    produced = {t.name for t in response.outputs}
+    for r in requested:
+        if r.name not in produced:
+            names = ", ".join(t.name for t in response.outputs) or "none"
+            raise InvalidInputError(
+                f"requested output '{r.name}' is not an output of model '{response.model_name}' "
+                f"(outputs: {names})"
+            )
+    return [(t, wanted[t.name]) for t in response.outputs if t.name in wanted]
