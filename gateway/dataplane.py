@@ -1,0 +1,94 @@
+"""Transport-neutral OIP handlers shared by REST and gRPC: health, metadata, readiness, inference."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable
+from typing import Any
+
+from headrace import __version__
+from headrace.config.errors import ErrorKind, HeadraceError, NotFoundError
+from headrace.gateway.control import ModelRoute, TensorSpec
+from headrace.gateway.oip.types import InferRequest, InferResponse
+from headrace.gateway.registry import ModelRegistry
+from headrace.gateway.runtime.client import InferResult, ServerPool
+
+SERVER_NAME = "headrace"
+EXTENSIONS = ["binary_tensor_data", "model_repository", "seldon_pipelines"]
+
+
+class DataPlane:
+    def __init__(self, registry: ModelRegistry, pool: ServerPool) -> None:
+        self.registry = registry
+        self.pool = pool
+        self.draining = False
+
+    # -- health ---------------------------------------------------------------------------------
+    def live(self) -> bool:
+        return True
+
+    def ready(self) -> bool:
+        return self.registry.received and not self.draining
+
+    def server_metadata(self) -> dict[str, Any]:
+        return {"name": SERVER_NAME, "version": __version__, "extensions": EXTENSIONS}
+
+    # -- models ---------------------------------------------------------------------------------
+    def route(self, name: str, version: str | None) -> ModelRoute:
+        route = self.registry.get(name)
+        if route is None:
+            raise NotFoundError(f"model '{name}' not found")
+        if version and version != route.version:
+            raise NotFoundError(f"model '{name}' version '{version}' not found (available: {route.version})")
+        return route
+
+    def model_ready(self, name: str, version: str | None) -> bool:
+        route = self.route(name, version)
+        if route.inline:
+            entry = self.registry.inline.get(name)
+            return entry is not None and entry.runtime is not None and entry.generation == route.generation
+        return route.ready and bool(route.replicas)
+
+    def model_metadata(self, name: str, version: str | None) -> dict[str, Any]:
+        route = self.route(name, version)
+        return {
+            "name": route.name,
+            "versions": [route.version],
+            "platform": route.platform,
+            "inputs": [_spec(t) for t in route.inputs],
+            "outputs": [_spec(t) for t in route.outputs],
+        }
+
+    def infer(self, request: InferRequest) -> InferResult | Awaitable[InferResult]:
+        """Inline models answer synchronously; others return an awaitable for the server call."""
+        route = self.route(request.model_name, request.model_version)
+        if route.inline:
+            return self._infer_inline(route, request)
+        if not route.ready:
+            raise HeadraceError(f"model '{route.name}' is not ready", ErrorKind.UNAVAILABLE)
+        return self.pool.infer(route, request)
+
+    def _infer_inline(self, route: ModelRoute, request: InferRequest) -> InferResult:
+        entry = self.registry.inline.get(route.name)
+        if entry is None or entry.runtime is None:
+            reason = entry.state.message if entry is not None else "not loaded in this worker yet"
+            raise HeadraceError(f"model '{route.name}' is not ready: {reason}", ErrorKind.UNAVAILABLE)
+        try:
+            outputs = entry.runtime.predict(request)
+        except HeadraceError:
+            raise
+        except Exception as exc:
+            raise HeadraceError(
+                f"model '{route.name}' raised {type(exc).__name__}: {exc}", ErrorKind.MODEL_ERROR
+            ) from exc
+        return InferResult(
+            InferResponse(
+                model_name=request.model_name,
+                outputs=list(outputs),
+                model_version=route.version,
+                id=request.id,
+            )
+        )
+
+
+def _spec(t: TensorSpec) -> dict[str, Any]:
+    return {"name": t.name, "datatype": t.datatype, "shape": t.shape}

@@ -1,0 +1,128 @@
+"""Keeps a worker's registry in step with the scheduler: long-polls routes, loads inline models, reports.
+
+The last table is cached on disk so a worker restarted while the scheduler is down still serves.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import threading
+from pathlib import Path
+
+import msgspec
+
+from headrace.config.settings import Settings
+from headrace.gateway import controlclient
+from headrace.gateway.control import LoadedModel, RoutingTable, WorkerReport
+from headrace.gateway.registry import InlineModel, ModelRegistry
+from headrace.gateway.runtime.loaders import load_runtime
+
+log = logging.getLogger("headrace.routes")
+
+
+class RouteWatcher:
+    def __init__(
+        self, settings: Settings, registry: ModelRegistry, loop: asyncio.AbstractEventLoop, index: int
+    ) -> None:
+        self.settings = settings
+        self.registry = registry
+        self.loop = loop
+        self.index = index
+        self.cache = Path(settings.run_dir) / "routes.json"
+        self.inline: dict[str, InlineModel] = {}
+        self.version = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="routes", daemon=True)
+
+    def start(self) -> None:
+        cached = self._read_cache()
+        if cached is not None:
+            self._apply(cached)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def _read_cache(self) -> RoutingTable | None:
+        try:
+            return msgspec.json.decode(self.cache.read_bytes(), type=RoutingTable)
+        except (OSError, msgspec.DecodeError):
+            return None
+
+    def _write_cache(self, table: RoutingTable) -> None:
+        tmp = self.cache.with_suffix(f".{os.getpid()}.tmp")
+        try:
+            tmp.write_bytes(msgspec.json.encode(table))
+            os.replace(tmp, self.cache)
+        except OSError as exc:
+            log.warning("cannot cache routes: %s", exc)
+
+    def _run(self) -> None:
+        url = f"{self.settings.control_url}/v1/internal/routes"
+        report_url = f"{self.settings.control_url}/v1/internal/workers/{self.index}/report"
+        backoff = 0.1
+        reported = -1
+        while not self._stop.is_set():
+            try:
+                table = controlclient.get(f"{url}?after={self.version}&wait=2", RoutingTable, timeout=10)
+                if table.version != self.version or not self.registry.received:
+                    self._apply(table)
+                    self._write_cache(table)
+                if reported != self.version or self.inline:
+                    controlclient.post(report_url, self._report())
+                    reported = self.version
+                backoff = 0.1
+            except controlclient.ControlUnavailableError as exc:
+                log.debug("scheduler unavailable: %s", exc)
+                self._stop.wait(backoff)
+                backoff = min(backoff * 2, 2.0)
+
+    def _apply(self, table: RoutingTable) -> None:
+        inline = dict(self.inline)
+        for name in list(inline):
+            route = table.models.get(name)
+            if route is None or not route.inline:
+                del inline[name]
+        for name, route in table.models.items():
+            if not route.inline or route.spec is None:
+                continue
+            current = inline.get(name)
+            if current is not None and current.generation == route.generation:
+                continue
+            try:
+                runtime = load_runtime(route.spec)
+                state = LoadedModel(
+                    name=name,
+                    generation=route.generation,
+                    state="Loaded",
+                    platform=runtime.platform,
+                    inputs=runtime.inputs,
+                    outputs=runtime.outputs,
+                )
+                inline[name] = InlineModel(route.generation, runtime, state)
+            except Exception as exc:
+                log.error("inline load of %s failed: %s", name, exc)
+                state = LoadedModel(
+                    name=name, generation=route.generation, state="LoadFailed", message=str(exc)
+                )
+                inline[name] = InlineModel(route.generation, None, state)
+        self.inline = inline
+        self.version = table.version
+        done = threading.Event()
+
+        def swap() -> None:
+            self.registry.update(table, inline)
+            done.set()
+
+        self.loop.call_soon_threadsafe(swap)
+        done.wait(5)
+
+    def _report(self) -> WorkerReport:
+        return WorkerReport(
+            index=self.index,
+            pid=os.getpid(),
+            routes_version=self.version,
+            inline=[m.state for m in self.inline.values()],
+        )

@@ -1,0 +1,79 @@
+"""Composition of `headrace serve`: which children exist, in which order they stop."""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import os
+
+from headrace.config.manifests import servers_from_settings
+from headrace.config.settings import Settings
+from headrace.supervisor import Child, ProcessSpec, Supervisor, cleanup_child_shm, cleanup_orphaned_shm
+
+log = logging.getLogger("headrace.service")
+
+STOP_WORKERS, STOP_SERVERS, STOP_SCHEDULER = 0, 1, 2
+
+
+def _run_worker(settings: Settings, index: int) -> None:
+    from headrace.worker import run
+
+    run(settings, index)
+
+
+def _run_server(settings: Settings, name: str, index: int) -> None:
+    from headrace.gateway.runtime.server import run
+
+    run(settings, name, index)
+
+
+def _run_scheduler(settings: Settings) -> None:
+    from headrace.engine.scheduler.main import run
+
+    run(settings)
+
+
+def build_specs(settings: Settings) -> list[ProcessSpec]:
+    specs = [ProcessSpec("scheduler", functools.partial(_run_scheduler, settings), STOP_SCHEDULER)]
+    for server in servers_from_settings(settings):
+        for i in range(server.replicas):
+            specs.append(
+                ProcessSpec(
+                    f"server {server.name}-{i}",
+                    functools.partial(_run_server, settings, server.name, i),
+                    STOP_SERVERS,
+                )
+            )
+    for i in range(settings.worker_count):
+        specs.append(ProcessSpec(f"worker {i}", functools.partial(_run_worker, settings, i), STOP_WORKERS))
+    return specs
+
+
+def run_service(settings: Settings) -> int:
+    settings.run_dir.mkdir(parents=True, exist_ok=True)
+    cleanup_orphaned_shm()
+    me = os.getpid()
+
+    def on_exit(child: Child, pid: int) -> None:
+        cleanup_child_shm(me, pid)
+
+    children_file = settings.run_dir / "children.json"
+
+    def on_spawn(children: list[Child]) -> None:
+        # who is who, for operators and tests: {"worker 0": pid, ...}
+        table = {c.spec.name: c.pid for c in children if c.pid}
+        tmp = children_file.with_suffix(".tmp")
+        tmp.write_text(json.dumps(table))
+        os.replace(tmp, children_file)
+
+    supervisor = Supervisor(build_specs(settings), settings.grace_period_s, on_exit, on_spawn)
+    log.info(
+        "headrace serving REST on %s:%d, gRPC on %s:%d, control on %s",
+        settings.host,
+        settings.http_port,
+        settings.host,
+        settings.grpc_port,
+        settings.control_url,
+    )
+    return supervisor.run()

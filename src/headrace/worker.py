@@ -1,0 +1,71 @@
+"""A worker process: REST and gRPC front doors on shared ports, the data plane, model-server clients."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+
+from headrace.config.settings import Settings
+from headrace.gateway.dataplane import DataPlane
+from headrace.gateway.frontdoor.http import ServerState, serve_http
+from headrace.gateway.frontdoor.rest import RestApp
+from headrace.gateway.registry import ModelRegistry
+from headrace.gateway.routewatch import RouteWatcher
+from headrace.gateway.runtime.client import ServerPool
+
+log = logging.getLogger("headrace.worker")
+
+
+async def serve(settings: Settings, index: int) -> None:
+    from headrace.gateway.frontdoor.grpc import make_server
+
+    loop = asyncio.get_running_loop()
+    registry = ModelRegistry()
+    pool = ServerPool(settings, loop, index)
+    dataplane = DataPlane(registry, pool)
+    watcher = RouteWatcher(settings, registry, loop, index)
+    watcher.start()
+
+    state = ServerState(RestApp(dataplane), settings.max_body_bytes, settings.keepalive_timeout_s)
+    http_server = await serve_http(state, settings.host, settings.http_port)
+    grpc_server = make_server(dataplane, f"{settings.host}:{settings.grpc_port}", settings.max_body_bytes)
+    await grpc_server.start()
+    log.info(
+        "worker %d serving REST on %s:%d, gRPC on %d",
+        index,
+        settings.host,
+        settings.http_port,
+        settings.grpc_port,
+    )
+
+    stop = asyncio.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+
+    # Drain: stop accepting, answer what is in flight, then close.
+    dataplane.draining = True
+    state.draining = True
+    http_server.close()
+    grpc_stop = asyncio.ensure_future(grpc_server.stop(settings.grace_period_s))
+    for conn in list(state.connections):
+        conn.shutdown()
+    deadline = loop.time() + settings.grace_period_s
+    while (state.in_flight or state.connections) and loop.time() < deadline:
+        await asyncio.sleep(0.02)
+    for conn in list(state.connections):
+        if conn.transport is not None:
+            conn.transport.close()
+    await grpc_stop
+    watcher.stop()
+    pool.close()
+    log.info("worker %d drained", index)
+
+
+def run(settings: Settings, index: int) -> None:
+    """Entry of a worker child process."""
+    import uvloop
+
+    logging.basicConfig(level=settings.log_level.upper(), format=f"%(asctime)s worker-{index} %(message)s")
+    uvloop.run(serve(settings, index))

@@ -1,0 +1,168 @@
+"""Test support: free loopback ports, HTTP helpers and a real `headrace serve` process."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+SAMPLES = REPO / "config" / "samples" / "models"
+HEADRACE = str(Path(sys.executable).parent / "headrace")
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def http_get(url: str, timeout: float = 5.0) -> tuple[int, bytes]:
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as resp:
+            return resp.status, resp.read()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read()
+
+
+def http_post(
+    url: str, body: bytes, headers: dict[str, str] | None = None, timeout: float = 10.0
+) -> tuple[int, dict[str, str], bytes]:
+    req = urllib.request.Request(
+        url, data=body, method="POST", headers=headers or {"Content-Type": "application/json"}
+    )
+    try:
+        with urllib.request.urlopen(req, timeout=timeout) as resp:
+            return resp.status, {k.lower(): v for k, v in resp.headers.items()}, resp.read()
+    except urllib.error.HTTPError as exc:
+        return exc.code, {k.lower(): v for k, v in exc.headers.items()}, exc.read()
+
+
+@dataclass
+class Serve:
+    """A running `headrace serve` child; `stop()` drains it with SIGTERM."""
+
+    data_dir: Path
+    http_port: int = field(default_factory=free_port)
+    grpc_port: int = field(default_factory=free_port)
+    control_port: int = field(default_factory=free_port)
+    workers: int = 2
+    extra: list[str] = field(default_factory=list)
+    env: dict[str, str] = field(default_factory=dict)
+    proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.http_port}"
+
+    @property
+    def grpc_url(self) -> str:
+        return f"127.0.0.1:{self.grpc_port}"
+
+    @property
+    def control(self) -> str:
+        return f"http://127.0.0.1:{self.control_port}"
+
+    @property
+    def log(self) -> Path:
+        return self.data_dir / "serve.log"
+
+    def args(self) -> list[str]:
+        return [
+            HEADRACE,
+            "serve",
+            "--http-port", str(self.http_port),
+            "--grpc-port", str(self.grpc_port),
+            "--control-port", str(self.control_port),
+            "--data-dir", str(self.data_dir),
+            "--workers", str(self.workers),
+            "--grace-period-s", "10",
+            *self.extra,
+        ]  # fmt: skip
+
+    def start(self, wait_models: tuple[str, ...] = ("echo", "sum")) -> Serve:
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        env = {**os.environ, **self.env}
+        with open(self.log, "ab") as log:
+            self.proc = subprocess.Popen(
+                self.args(), stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True
+            )
+        for model in wait_models:
+            self.wait_ready(f"/v2/models/{model}/ready")
+        if not wait_models:
+            self.wait_ready("/v2/health/ready")
+        return self
+
+    def wait_ready(self, path: str, timeout: float = 60.0) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            assert self.proc is not None
+            if self.proc.poll() is not None:
+                raise AssertionError(f"headrace serve exited with {self.proc.returncode}:\n{self.log_text()}")
+            with contextlib.suppress(OSError):
+                if http_get(self.url + path, timeout=2)[0] == 200:
+                    return
+            time.sleep(0.1)
+        raise AssertionError(f"{path} not ready within {timeout}s:\n{self.log_text()}")
+
+    def log_text(self) -> str:
+        try:
+            return self.log.read_text(errors="replace")[-6000:]
+        except OSError:
+            return ""
+
+    def child_pids(self) -> list[int]:
+        assert self.proc is not None
+        out = subprocess.run(["pgrep", "-P", str(self.proc.pid)], capture_output=True, text=True).stdout
+        return [int(p) for p in out.split()]
+
+    def child_cmd(self, pid: int) -> str:
+        try:
+            return Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace")
+        except OSError:
+            return ""
+
+    def stop(self, timeout: float = 30.0) -> int:
+        if self.proc is None:
+            return 0
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait(5)
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.proc.pid, signal.SIGKILL)  # anything left in the group
+        return self.proc.returncode
+
+
+@pytest.fixture
+def serve_factory(tmp_path: Path) -> Iterator[list[Serve]]:
+    started: list[Serve] = []
+    yield started
+    for s in started:
+        s.stop()
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Serve]:
+    """One server with the sample models, shared by a module's read-only tests."""
+    s = Serve(tmp_path_factory.mktemp("serve"), extra=["--load", str(SAMPLES)])
+    try:
+        s.start()
+        yield s
+    finally:
+        s.stop()
