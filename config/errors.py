@@ -39,6 +39,12 @@ class NotFoundError(HeadraceError):
     kind = ErrorKind.NOT_FOUND
 
 
+class NotServedError(HeadraceError):
+    """The request never reached a model (replica down or not loaded yet): safe to retry."""
+
+    kind = ErrorKind.UNAVAILABLE
+
+
 class ConfigError(HeadraceError):
     """A setting or manifest that cannot be used; the message names the field."""
 

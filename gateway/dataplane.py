@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Awaitable
 from typing import Any
 
 from headrace import __version__
-from headrace.config.errors import ErrorKind, HeadraceError, NotFoundError
+from headrace.config.errors import ErrorKind, HeadraceError, NotFoundError, NotServedError
 from headrace.gateway.control import ModelRoute, TensorSpec
 from headrace.gateway.oip.types import InferRequest, InferResponse
 from headrace.gateway.registry import ModelRegistry
@@ -17,9 +18,10 @@ EXTENSIONS = ["binary_tensor_data", "model_repository", "seldon_pipelines"]
 
 
 class DataPlane:
-    def __init__(self, registry: ModelRegistry, pool: ServerPool) -> None:
+    def __init__(self, registry: ModelRegistry, pool: ServerPool, timeout: float) -> None:
         self.registry = registry
         self.pool = pool
+        self.timeout = timeout
         self.draining = False
 
     # -- health ---------------------------------------------------------------------------------
@@ -63,9 +65,26 @@ class DataPlane:
         route = self.route(request.model_name, request.model_version)
         if route.inline:
             return self._infer_inline(route, request)
-        if not route.ready:
-            raise HeadraceError(f"model '{route.name}' is not ready", ErrorKind.UNAVAILABLE)
-        return self.pool.infer(route, request)
+        return self._infer_remote(route, request)
+
+    async def _infer_remote(self, route: ModelRoute, request: InferRequest) -> InferResult:
+        """Call a model server; while no replica can take the request (one restarting, a model
+        reloading), wait for the routing table to change instead of failing, up to the timeout."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.timeout
+        while True:
+            if route.ready and route.replicas:
+                try:
+                    return await self.pool.infer(route, request)
+                except NotServedError as exc:
+                    last = exc.message
+            else:
+                last = f"model '{route.name}' has no ready replica"
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                raise HeadraceError(f"{last} (waited {self.timeout:g} s)", ErrorKind.UNAVAILABLE)
+            await self.registry.wait_change(min(remaining, 1.0))
+            route = self.route(request.model_name, request.model_version)
 
     def _infer_inline(self, route: ModelRoute, request: InferRequest) -> InferResult:
         entry = self.registry.inline.get(route.name)

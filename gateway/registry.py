@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from dataclasses import dataclass
 
@@ -25,11 +26,24 @@ class ModelRegistry:
         self.table = RoutingTable()
         self.received = False
         self.inline: dict[str, InlineModel] = {}
+        self._changed: asyncio.Future[None] | None = None
 
     def update(self, table: RoutingTable, inline: dict[str, InlineModel]) -> None:
         self.table = table
         self.inline = inline
         self.received = True
+        if self._changed is not None and not self._changed.done():
+            self._changed.set_result(None)
+        self._changed = None
+
+    async def wait_change(self, timeout: float) -> None:
+        """Wait until the next routing update (or the timeout)."""
+        if self._changed is None:
+            self._changed = asyncio.get_running_loop().create_future()
+        try:
+            await asyncio.wait_for(asyncio.shield(self._changed), timeout)
+        except TimeoutError:
+            pass
 
     def get(self, name: str) -> ModelRoute | None:
         return self.table.models.get(name)

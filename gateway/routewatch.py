@@ -37,9 +37,11 @@ class RouteWatcher:
         self._thread = threading.Thread(target=self._run, name="routes", daemon=True)
 
     def start(self) -> None:
+        """Call on the event loop: serves the cached table at once, then follows the scheduler."""
         cached = self._read_cache()
         if cached is not None:
-            self._apply(cached)
+            self.registry.update(cached, self._load_inline(cached))
+            self.version = cached.version
         self._thread.start()
 
     def stop(self) -> None:
@@ -80,6 +82,12 @@ class RouteWatcher:
                 backoff = min(backoff * 2, 2.0)
 
     def _apply(self, table: RoutingTable) -> None:
+        """On the control thread: load inline models, then hand the table to the event loop."""
+        inline = self._load_inline(table)
+        self.version = table.version
+        self.loop.call_soon_threadsafe(self.registry.update, table, inline)
+
+    def _load_inline(self, table: RoutingTable) -> dict[str, InlineModel]:
         inline = dict(self.inline)
         for name in list(inline):
             route = table.models.get(name)
@@ -109,15 +117,7 @@ class RouteWatcher:
                 )
                 inline[name] = InlineModel(route.generation, None, state)
         self.inline = inline
-        self.version = table.version
-        done = threading.Event()
-
-        def swap() -> None:
-            self.registry.update(table, inline)
-            done.set()
-
-        self.loop.call_soon_threadsafe(swap)
-        done.wait(5)
+        return inline
 
     def _report(self) -> WorkerReport:
         return WorkerReport(

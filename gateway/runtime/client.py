@@ -9,8 +9,9 @@ import logging
 import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import cast
 
-from headrace.config.errors import ErrorKind, HeadraceError
+from headrace.config.errors import ErrorKind, HeadraceError, NotServedError
 from headrace.config.settings import Settings
 from headrace.gateway.control import ModelRoute, ReplicaAddr
 from headrace.gateway.oip.types import InferRequest, InferResponse
@@ -68,8 +69,7 @@ class ReplicaConnection(asyncio.Protocol):
 
     # -- asyncio.Protocol -----------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
+        self.transport = cast(asyncio.Transport, transport)
 
     def data_received(self, data: bytes) -> None:
         for msg in self.reader.feed(data):
@@ -149,6 +149,8 @@ class ReplicaConnection(asyncio.Protocol):
         if reply.error is not None:
             self._free(refs)
             self._release_reply(reply)
+            if reply.error_kind == "not_served":
+                raise NotServedError(reply.error)
             raise HeadraceError(reply.error, _KINDS.get(reply.error_kind or "", ErrorKind.INTERNAL))
         arenas = (self.request_arena, self.response_arena)
         outputs = [from_wire(w, arenas) for w in reply.outputs]
@@ -242,14 +244,11 @@ class ServerPool:
                 _, proto = await self.loop.create_unix_connection(
                     lambda: ReplicaConnection(self, addr), path=addr.socket
                 )
-                assert isinstance(proto, ReplicaConnection)
                 await proto.start()
                 self.connections[addr.socket] = proto
                 fut.set_result(proto)
             except Exception as exc:
-                error = HeadraceError(
-                    f"model server {addr.server}-{addr.index} is not reachable: {exc}", ErrorKind.UNAVAILABLE
-                )
+                error = NotServedError(f"model server {addr.server}-{addr.index} is not reachable: {exc}")
                 fut.set_exception(error)
                 fut.exception()  # mark retrieved
                 raise error from None
@@ -260,7 +259,7 @@ class ServerPool:
     async def infer(self, route: ModelRoute, request: InferRequest) -> InferResult:
         replicas = route.replicas
         if not replicas:
-            raise HeadraceError(f"model '{route.name}' has no ready replica", ErrorKind.UNAVAILABLE)
+            raise NotServedError(f"model '{route.name}' has no ready replica")
         best: ReplicaConnection | None = None
         if len(replicas) == 1:
             addr = replicas[0]
@@ -276,7 +275,9 @@ class ServerPool:
                     if load == 0:
                         break
         conn = best or self.connections.get(addr.socket) or await self.connection(addr)
-        return await conn.infer(request, self.settings.model_timeout_s)
+        result = await conn.infer(request, self.settings.model_timeout_s)
+        result.response.model_version = route.version
+        return result
 
     def close(self) -> None:
         for conn in list(self.connections.values()):

@@ -10,6 +10,7 @@ import signal
 import threading
 import time
 from pathlib import Path
+from typing import cast
 
 from headrace.config.errors import ErrorKind, HeadraceError
 from headrace.config.settings import Settings
@@ -44,8 +45,7 @@ class Connection(asyncio.Protocol):
         self.out: list[bytes] = []
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
+        self.transport = cast(asyncio.Transport, transport)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.transport = None
@@ -87,7 +87,9 @@ class Connection(asyncio.Protocol):
         entry = self.server.models.runtimes.get(call.model)
         if entry is None:
             return m.InferReply(
-                call.id, error=f"model '{call.model}' is not loaded on this server", error_kind="unavailable"
+                call.id,
+                error=f"model '{call.model}' is not loaded on server {self.server.name}-{self.server.index}",
+                error_kind="not_served",
             )
         runtime = entry[1]
         try:
@@ -220,8 +222,13 @@ class ModelServer:
         base = f"{self.settings.control_url}/v1/internal/servers/{self.name}/{self.index}"
         backoff = 0.1
         last_report = 0.0
+        announced = False
         while not self._stop.is_set():
             try:
+                if not announced:
+                    # tell the scheduler at once that this (new) incarnation has nothing loaded
+                    controlclient.post(f"{base}/report", self._report())
+                    announced = True
                 desired = controlclient.get(
                     f"{base}/desired?after={self._desired_version}&wait=2", ServerDesired, timeout=10
                 )
@@ -303,5 +310,7 @@ def run(settings: Settings, name: str, index: int) -> None:
     """Entry of a model-server child process."""
     import uvloop
 
-    logging.basicConfig(level=settings.log_level.upper(), format=f"%(asctime)s {name}-{index} %(message)s")
+    logging.basicConfig(
+        force=True, level=settings.log_level.upper(), format=f"%(asctime)s {name}-{index} %(message)s"
+    )
     uvloop.run(ModelServer(settings, name, index).serve())

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 import os
 import sys
 from pathlib import Path
@@ -12,6 +11,7 @@ import click
 import msgspec
 
 from headrace.config.errors import ConfigError
+from headrace.config.logs import setup_logging
 from headrace.config.settings import Settings, load_settings
 
 
@@ -73,8 +73,5 @@ _register_control_commands()
 
 
 def main() -> None:
-    logging.basicConfig(
-        level=os.environ.get("HEADRACE_LOG_LEVEL", "info").upper(),
-        format="%(asctime)s supervisor %(message)s",
-    )
+    setup_logging(os.environ.get("HEADRACE_LOG_LEVEL", "info"), "supervisor")
     cli()

@@ -23,7 +23,7 @@ async def serve(settings: Settings, index: int) -> None:
     loop = asyncio.get_running_loop()
     registry = ModelRegistry()
     pool = ServerPool(settings, loop, index)
-    dataplane = DataPlane(registry, pool)
+    dataplane = DataPlane(registry, pool, settings.model_timeout_s)
     watcher = RouteWatcher(settings, registry, loop, index)
     watcher.start()
 
@@ -67,5 +67,7 @@ def run(settings: Settings, index: int) -> None:
     """Entry of a worker child process."""
     import uvloop
 
-    logging.basicConfig(level=settings.log_level.upper(), format=f"%(asctime)s worker-{index} %(message)s")
+    logging.basicConfig(
+        force=True, level=settings.log_level.upper(), format=f"%(asctime)s worker-{index} %(message)s"
+    )
     uvloop.run(serve(settings, index))

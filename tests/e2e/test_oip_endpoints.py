@@ -87,9 +87,13 @@ def test_http_every_datatype_roundtrips(served: Serve, datatype: str, binary: bo
     got = result.as_numpy("x")
     assert got is not None and got.shape == data.shape
     if datatype == "BYTES":
-        assert [bytes(v) for v in got.reshape(-1)] == [bytes(v) for v in data.reshape(-1)]
+        assert [as_bytes(v) for v in got.reshape(-1)] == [bytes(v) for v in data.reshape(-1)]
     else:
         np.testing.assert_array_equal(got, data)
+
+
+def as_bytes(v: object) -> bytes:
+    return v.encode() if isinstance(v, str) else bytes(v)  # type: ignore[call-overload]
 
 
 @pytest.mark.parametrize("datatype", list(DTYPES))
