@@ -1,0 +1,311 @@
+"""Scheduler state: models, servers and reports in memory, turned into status, desired sets and routes."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterable
+
+from headrace.config.errors import ErrorKind, HeadraceError, NotFoundError
+from headrace.config.manifests import ModelManifest, ServerManifest
+from headrace.engine.scheduler import status as st
+from headrace.engine.scheduler.placement import ModelRequest, ReplicaView, ServerView, place
+from headrace.engine.scheduler.records import Model, Replica, Server, Worker, is_placed, make_spec
+from headrace.engine.scheduler.store import ModelRow, Store, StoredPlacement
+from headrace.engine.scheduler.views import STALE_S, Views
+from headrace.gateway.control import (
+    ModelSpec,
+    RoutingTable,
+    ServerDesired,
+    ServerReport,
+    WorkerReport,
+)
+
+log = logging.getLogger("headrace.scheduler")
+
+SYNC_TIMEOUT_S = 5.0  # after a restart, wait this long at most for every replica to report
+
+
+class SchedulerState:
+    """All scheduler decisions, under one lock; long-polls wait on its condition."""
+
+    def __init__(
+        self,
+        servers: Iterable[ServerManifest],
+        store: Store,
+        socket_for: Callable[[str, int], str],
+        capacity: int,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._store = store
+        self._clock = clock
+        self._cond = threading.Condition()
+        self._closed = False
+        self._version = int(time.time() * 1000)  # increases across restarts: stale clients see a change
+        self.servers: dict[str, Server] = {}
+        for manifest in servers:
+            replicas = [
+                Replica(manifest.name, i, socket_for(manifest.name, i), capacity)
+                for i in range(manifest.replicas)
+            ]
+            self.servers[manifest.name] = Server(manifest, replicas)
+        self.models: dict[str, Model] = {}
+        self.workers: dict[int, Worker] = {}
+        self.views = Views(self.models, self.servers, self.workers, clock)
+        self._routes = RoutingTable(version=self._bump())
+        self._started = clock()
+        for row in store.models():
+            spec, error = make_spec(row.manifest, row.generation)
+            model = Model(row.manifest, row.generation, row.updated_at, spec, error)
+            model.server, model.replicas = row.placement.server, tuple(row.placement.replicas)
+            self.models[model.name] = model
+        self._synced = not self.models
+        with self._cond:
+            self._schedule()
+            self._publish()
+
+    # ----------------------------------------------------------------------------------- helpers
+
+    def _bump(self) -> int:
+        self._version += 1
+        return self._version
+
+    def _replicas(self) -> Iterable[Replica]:
+        for server in self.servers.values():
+            yield from server.replicas
+
+    def _replica(self, server: str, index: int) -> Replica:
+        srv = self.servers.get(server)
+        if srv is None or not 0 <= index < len(srv.replicas):
+            raise NotFoundError(f"server replica {server}-{index} does not exist")
+        return srv.replicas[index]
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise HeadraceError("the scheduler is shutting down", ErrorKind.UNAVAILABLE)
+
+    @property
+    def synced(self) -> bool:
+        """False after a restart until every replica reported (or SYNC_TIMEOUT_S passed)."""
+        if not self._synced and (
+            all(r.last_seen is not None for r in self._replicas())
+            or self._clock() - self._started >= SYNC_TIMEOUT_S
+        ):
+            self._synced = True
+        return self._synced
+
+    # -------------------------------------------------------------------------------- scheduling
+
+    def _server_views(self, exclude: str) -> list[ServerView]:
+        used: dict[tuple[str, int], int] = {}
+        for other in self.models.values():
+            if other.name != exclude and is_placed(other):
+                for index in other.replicas:
+                    key = (other.server, index)
+                    used[key] = used.get(key, 0) + other.manifest.memory
+        model = self.models.get(exclude)
+        views = []
+        for server in self.servers.values():
+            replicas = tuple(
+                ReplicaView(
+                    r.index,
+                    r.capacity,
+                    used.get((server.manifest.name, r.index), 0),
+                    model is not None and model.server == server.manifest.name and r.index in model.replicas,
+                )
+                for r in server.replicas
+            )
+            views.append(ServerView(server.manifest.name, tuple(server.manifest.capabilities), replicas))
+        return views
+
+    def _set_placement(self, model: Model, server: str, replicas: tuple[int, ...]) -> None:
+        if (model.server, model.replicas) != (server, replicas):
+            model.server, model.replicas = server, replicas
+            if not model.terminating:
+                self._store.set_placement(model.name, StoredPlacement(server, list(replicas)))
+
+    def _schedule(self) -> None:
+        """(Re)place every model; existing placements stay while still valid (sticky)."""
+        for model in self.models.values():
+            if not is_placed(model):
+                model.schedule_error = model.schedule_reason = ""
+                self._set_placement(model, "", ())
+        order = sorted(
+            (m for m in self.models.values() if is_placed(m)), key=lambda m: (not m.replicas, m.name)
+        )
+        for model in order:
+            m = model.manifest
+            request = ModelRequest(
+                m.name, tuple(m.requirements), m.memory, m.replicas, m.min_replicas, m.server
+            )
+            result = place(request, self._server_views(m.name))
+            if result.error and result.error != model.schedule_error:
+                log.warning("model %s: ScheduleFailed: %s", m.name, result.error)
+            model.schedule_error, model.schedule_reason = result.error, result.reason
+            self._set_placement(model, result.server, result.replicas)
+
+    # -------------------------------------------------------------------------------- publishing
+
+    def _publish(self) -> None:
+        """Recompute desired sets and routes; bump versions that changed; wake long-polls."""
+        now = self._clock()
+        for index in [i for i, w in self.workers.items() if now - w.last_seen >= STALE_S]:
+            del self.workers[index]  # gone (fewer workers after a restart): stop counting it
+        for name in [n for n, m in self.models.items() if m.terminating and not self.views.holders(n)]:
+            del self.models[name]
+        wanted: dict[tuple[str, int], list[ModelSpec]] = {}
+        for model in sorted(self.models.values(), key=lambda m: m.name):
+            if is_placed(model) and model.spec is not None:
+                for index in model.replicas:
+                    wanted.setdefault((model.server, index), []).append(model.spec)
+        for replica in self._replicas():
+            specs = wanted.get((replica.server, replica.index), [])
+            if specs != replica.desired.models:
+                replica.desired = ServerDesired(version=self._bump(), models=specs)
+        routes = {m.name: self.views.route(m) for m in sorted(self.models.values(), key=lambda m: m.name)}
+        routes = {name: route for name, route in routes.items() if not self.models[name].terminating}
+        if routes != self._routes.models:
+            self._routes = RoutingTable(version=self._bump(), models=routes)
+        self._cond.notify_all()
+
+    # --------------------------------------------------------------------------------- commands
+
+    def load(self, manifests: Iterable[ModelManifest]) -> list[st.ModelStatus]:
+        """Load or reload models; an identical manifest is a no-op, a changed one bumps the generation."""
+        manifests = list(manifests)
+        with self._cond:
+            self._check_open()
+            rows: list[ModelRow] = []
+            for manifest in manifests:
+                current = self.models.get(manifest.name)
+                same = current is not None and not current.terminating
+                if same and current is not None and current.manifest.spec_key() == manifest.spec_key():
+                    if current.manifest != manifest:  # labels or annotations only: same generation
+                        rows.append(self._row(manifest, current.generation, current))
+                    continue
+                rows.append(self._row(manifest, self._store.next_generation(manifest.name), current))
+            self._store.put_models(rows)
+            for row in rows:
+                current = self.models.get(row.manifest.name)
+                if current is not None and current.generation == row.generation:
+                    current.manifest, current.updated_at = row.manifest, row.updated_at
+                    continue
+                spec, error = make_spec(row.manifest, row.generation)
+                model = Model(row.manifest, row.generation, row.updated_at, spec, error)
+                model.server, model.replicas = row.placement.server, tuple(row.placement.replicas)
+                self.models[model.name] = model
+                log.info(
+                    "model %s: generation %d%s", model.name, model.generation, f": {error}" * bool(error)
+                )
+            if rows:
+                self._schedule()
+                self._publish()
+            return [self.views.model_status(self.models[m.name]) for m in manifests]
+
+    def _row(self, manifest: ModelManifest, generation: int, current: Model | None) -> ModelRow:
+        placement = StoredPlacement()
+        if current is not None and current.server:
+            placement = StoredPlacement(current.server, list(current.replicas))
+        return ModelRow(manifest=manifest, generation=generation, updated_at=time.time(), placement=placement)
+
+    def unload(self, name: str) -> st.ModelStatus:
+        with self._cond:
+            self._check_open()
+            model = self.models.get(name)
+            if model is None or model.terminating:
+                raise NotFoundError(f"model {name} not found")
+            self._store.delete_model(name)
+            model.terminating = True
+            log.info("model %s: unloading", name)
+            self._schedule()
+            status = self.views.model_status(model)
+            self._publish()
+            return status
+
+    def report_server(self, report: ServerReport) -> None:
+        """A replica's full state; a new started_at is a restart with only what it reports."""
+        with self._cond:
+            self._check_open()
+            replica = self._replica(report.server, report.index)
+            if replica.started_at and report.started_at != replica.started_at:
+                log.info("server replica %s-%d restarted (pid %d)", report.server, report.index, report.pid)
+            replica.started_at, replica.pid = report.started_at, report.pid
+            replica.loaded = {m.name: m for m in report.models}
+            replica.acked_version = report.desired_version
+            replica.last_seen = self._clock()
+            self._publish()
+
+    def report_worker(self, report: WorkerReport) -> None:
+        with self._cond:
+            self._check_open()
+            if report.index < 0:
+                raise HeadraceError(f"worker index {report.index} is negative", ErrorKind.INVALID_ARGUMENT)
+            worker = self.workers.setdefault(report.index, Worker(report.index))
+            worker.pid, worker.routes_version = report.pid, report.routes_version
+            worker.inline = {m.name: m for m in report.inline}
+            worker.last_seen = self._clock()
+            self._publish()
+
+    def close(self) -> None:
+        with self._cond:
+            self._closed = True
+            self._cond.notify_all()
+
+    # ---------------------------------------------------------------------------------- queries
+
+    def routes(self) -> RoutingTable:
+        with self._cond:
+            return self._routes
+
+    def wait_routes(self, after: int, timeout: float) -> RoutingTable | None:
+        """The table once its version differs from ``after``, or at the timeout. None: still syncing
+        after a restart, so a worker holding an older table should keep it."""
+        deadline = self._clock() + max(0.0, timeout)
+        with self._cond:
+            while True:
+                answer = after <= 0 or self.synced or self._closed
+                if self._closed or (answer and self._routes.version != after):
+                    return self._routes
+                remaining = deadline - self._clock()
+                if remaining <= 0:
+                    return self._routes if answer else None
+                if not answer:
+                    remaining = min(remaining, max(0.05, self._started + SYNC_TIMEOUT_S - self._clock()))
+                self._cond.wait(remaining)
+
+    def desired(self, server: str, index: int) -> ServerDesired:
+        with self._cond:
+            return self._replica(server, index).desired
+
+    def wait_desired(self, server: str, index: int, after: int, timeout: float) -> ServerDesired:
+        deadline = self._clock() + max(0.0, timeout)
+        with self._cond:
+            replica = self._replica(server, index)
+            while True:
+                remaining = deadline - self._clock()
+                if self._closed or replica.desired.version != after or remaining <= 0:
+                    return replica.desired
+                self._cond.wait(remaining)
+
+    def model_status(self, name: str) -> st.ModelStatus:
+        with self._cond:
+            model = self.models.get(name)
+            if model is None:
+                raise NotFoundError(f"model {name} not found")
+            return self.views.model_status(model)
+
+    def model_statuses(self) -> list[st.ModelStatus]:
+        with self._cond:
+            return [self.views.model_status(m) for m in sorted(self.models.values(), key=lambda m: m.name)]
+
+    def server_status(self, name: str) -> st.ServerStatus:
+        with self._cond:
+            server = self.servers.get(name)
+            if server is None:
+                raise NotFoundError(f"server {name} not found")
+            return self.views.server_status(server)
+
+    def server_statuses(self) -> list[st.ServerStatus]:
+        with self._cond:
+            return [self.views.server_status(s) for s in self.servers.values()]

@@ -1,0 +1,131 @@
+"""Durable scheduler state: loaded model manifests, generations and placements in SQLite (WAL)."""
+
+from __future__ import annotations
+
+import logging
+import sqlite3
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import msgspec
+
+from headrace.config.manifests import ModelManifest
+
+log = logging.getLogger("headrace.scheduler")
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS models (
+    name TEXT PRIMARY KEY,
+    manifest TEXT NOT NULL,
+    generation INTEGER NOT NULL,
+    updated_at REAL NOT NULL,
+    placement TEXT NOT NULL DEFAULT '{}'
+);
+-- The last generation ever given to a name, so a model loaded again after an unload never reuses one.
+CREATE TABLE IF NOT EXISTS generations (
+    name TEXT PRIMARY KEY,
+    generation INTEGER NOT NULL
+);
+"""
+
+
+class StoredPlacement(msgspec.Struct, frozen=True):
+    server: str = ""
+    replicas: list[int] = []
+
+
+class ModelRow(msgspec.Struct, frozen=True, kw_only=True):
+    manifest: ModelManifest
+    generation: int
+    updated_at: float
+    placement: StoredPlacement = StoredPlacement()
+
+
+class Store:
+    """One SQLite connection, serialised by a lock; every write is committed before it returns."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._lock = threading.Lock()
+        self._db = sqlite3.connect(str(self.path), isolation_level=None, check_same_thread=False, timeout=10)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=FULL")
+        self._db.executescript(_SCHEMA)
+
+    @contextmanager
+    def _tx(self) -> Iterator[sqlite3.Connection]:
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                yield self._db
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            self._db.execute("COMMIT")
+
+    def models(self) -> list[ModelRow]:
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT name, manifest, generation, updated_at, placement FROM models ORDER BY name"
+            ).fetchall()
+        out: list[ModelRow] = []
+        for name, manifest, generation, updated_at, placement in rows:
+            try:
+                out.append(
+                    ModelRow(
+                        manifest=msgspec.json.decode(manifest, type=ModelManifest),
+                        generation=generation,
+                        updated_at=updated_at,
+                        placement=msgspec.json.decode(placement, type=StoredPlacement),
+                    )
+                )
+            except msgspec.DecodeError as exc:
+                log.error("stored model %s cannot be read, skipping it: %s", name, exc)
+        return out
+
+    def next_generation(self, name: str) -> int:
+        with self._lock:
+            row = self._db.execute("SELECT generation FROM generations WHERE name = ?", (name,)).fetchone()
+        return (int(row[0]) if row else 0) + 1
+
+    def put_models(self, rows: list[ModelRow]) -> None:
+        """Insert or replace these models in one transaction."""
+        if not rows:
+            return
+        with self._tx() as db:
+            for row in rows:
+                name = row.manifest.name
+                db.execute(
+                    "INSERT OR REPLACE INTO models (name, manifest, generation, updated_at, placement) "
+                    "VALUES (?, ?, ?, ?, ?)",
+                    (
+                        name,
+                        msgspec.json.encode(row.manifest).decode(),
+                        row.generation,
+                        row.updated_at,
+                        msgspec.json.encode(row.placement).decode(),
+                    ),
+                )
+                db.execute(
+                    "INSERT INTO generations (name, generation) VALUES (?, ?) "
+                    "ON CONFLICT(name) DO UPDATE SET generation = max(generation, excluded.generation)",
+                    (name, row.generation),
+                )
+
+    def set_placement(self, name: str, placement: StoredPlacement) -> None:
+        with self._tx() as db:
+            db.execute(
+                "UPDATE models SET placement = ? WHERE name = ?",
+                (msgspec.json.encode(placement).decode(), name),
+            )
+
+    def delete_model(self, name: str) -> bool:
+        with self._tx() as db:
+            return db.execute("DELETE FROM models WHERE name = ?", (name,)).rowcount > 0
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()

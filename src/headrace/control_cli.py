@@ -1,0 +1,351 @@
+"""`headrace model ...` and `headrace server ...`: Seldon-style control commands over the control API."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import click
+import msgspec
+import yaml
+from rich.console import Console
+from rich.table import Table
+
+from headrace.config.errors import ConfigError
+from headrace.config.manifests import (
+    ModelManifest,
+    manifest_files,
+    parse_manifests,
+    resolve_storage_uri,
+)
+from headrace.engine.scheduler import status as st
+from headrace.engine.scheduler.client import DEFAULT_CONTROL_URL, ControlClient, ControlError
+
+__all__ = ["ControlClient", "ControlError", "model", "server"]
+
+F = TypeVar("F", bound=Callable[..., Any])
+WAITABLE = {st.MODEL_READY, st.AVAILABLE, st.PROGRESSING, st.FAILED, st.SCHEDULE_FAILED, st.TERMINATED}
+
+
+def control_option(func: F) -> F:
+    return click.option(
+        "--control",
+        envvar="HEADRACE_CONTROL_URL",
+        default=DEFAULT_CONTROL_URL,
+        show_default=True,
+        help="Control API URL of the scheduler (env HEADRACE_CONTROL_URL).",
+    )(func)
+
+
+def output_option(func: F) -> F:
+    return click.option(
+        "-o", "--output", type=click.Choice(["table", "json"]), default="table", show_default=True
+    )(func)
+
+
+def _console() -> Console:
+    return Console(width=max(100, Console().width), highlight=False, soft_wrap=True)
+
+
+def _call(action: Callable[[], Any]) -> Any:
+    try:
+        return action()
+    except (ControlError, ConfigError) as exc:
+        raise click.ClickException(exc.message) from None
+
+
+def _echo_json(value: Any) -> None:
+    click.echo(json.dumps(msgspec.to_builtins(value), indent=2))
+
+
+def _size(n: int) -> str:
+    for unit, scale in (("Gi", 2**30), ("Mi", 2**20), ("Ki", 2**10)):
+        if n >= scale:
+            return f"{n / scale:.4g}{unit}"
+    return str(n)
+
+
+def _ready(status: st.ModelStatus) -> str:
+    cond = status.condition(st.MODEL_READY)
+    return cond.status if cond else "False"
+
+
+def _models_table(statuses: list[st.ModelStatus]) -> None:
+    table = Table("NAME", "STATE", "READY", "REPLICAS", "SERVER", "GEN", "REASON", box=None)
+    for s in statuses:
+        server = "inline" if s.inline else s.server or "-"
+        replicas = f"{s.available_replicas}/{s.replicas}"
+        table.add_row(s.name, s.state, _ready(s), replicas, server, str(s.generation), s.reason)
+    _console().print(table)
+
+
+def _model_detail(s: st.ModelStatus) -> None:
+    console = _console()
+    _models_table([s])
+    console.print(f"storageUri: {s.storage_uri}  runtime: {s.runtime or '-'}  memory: {_size(s.memory)}")
+    if s.requirements:
+        console.print(f"requirements: {', '.join(s.requirements)}")
+    for c in s.conditions:
+        console.print(f"condition {c.type}={c.status} reason={c.reason} message={c.message}")
+    if s.placement:
+        table = Table("SERVER", "INDEX", "STATE", "MESSAGE", box=None)
+        for p in s.placement:
+            table.add_row(p.server, str(p.index), p.state, p.message)
+        console.print(table)
+
+
+# ------------------------------------------------------------------------------------ manifests
+
+
+def _absolutize(doc: Any, base_dir: str) -> Any:
+    """Rewrite a relative Model storageUri to an absolute path, since the scheduler has another cwd."""
+    if isinstance(doc, dict) and doc.get("kind") == "Model" and isinstance(doc.get("spec"), dict):
+        uri = doc["spec"].get("storageUri")
+        relative = isinstance(uri, str) and "://" not in uri and not uri.startswith("file:")
+        if relative and not os.path.isabs(os.path.expanduser(uri)):
+            doc["spec"]["storageUri"] = resolve_storage_uri(uri, base_dir, "Model")
+    return doc
+
+
+def _read_manifests(paths: tuple[str, ...]) -> tuple[str, list[ModelManifest]]:
+    """The YAML to send (relative storageUri resolved per file) and the Model manifests in it."""
+    docs: list[Any] = []
+    models: list[ModelManifest] = []
+    for path in manifest_files(paths):
+        text = path.read_text(encoding="utf-8")
+        base = str(path.resolve().parent)
+        try:
+            models.extend(m for m in parse_manifests(text, base) if isinstance(m, ModelManifest))
+        except ConfigError as exc:
+            raise ConfigError(f"{path}: {exc.message}") from None
+        docs.extend(_absolutize(d, base) for d in yaml.safe_load_all(text) if d is not None)
+    if not docs:
+        raise ConfigError("no manifests found in " + ", ".join(paths))
+    return yaml.safe_dump_all(docs, sort_keys=False), models
+
+
+# ---------------------------------------------------------------------------------- model group
+
+
+@click.group()
+def model() -> None:
+    """Load, unload, inspect and call models (Seldon Model manifests)."""
+
+
+@model.command("load")
+@click.option("-f", "--file", "files", multiple=True, required=True, help="Model YAML file or directory.")
+@control_option
+@output_option
+def model_load(files: tuple[str, ...], control: str, output: str) -> None:
+    """Load (or reload) the models in a Seldon Model manifest."""
+    text, _ = _call(lambda: _read_manifests(files))
+    statuses = _call(lambda: ControlClient(control).load_models(text))
+    if output == "json":
+        _echo_json({"models": statuses})
+    else:
+        _models_table(statuses)
+
+
+@model.command("unload")
+@click.argument("names", nargs=-1)
+@click.option("-f", "--file", "files", multiple=True, help="Unload the models named in this manifest.")
+@control_option
+@output_option
+def model_unload(names: tuple[str, ...], files: tuple[str, ...], control: str, output: str) -> None:
+    """Unload models by name (or those in a manifest)."""
+    wanted = list(names)
+    if files:
+        wanted += [m.name for m in _call(lambda: _read_manifests(files))[1]]
+    if not wanted:
+        raise click.UsageError("give a model NAME or -f FILE")
+    client = ControlClient(control)
+    statuses: list[st.ModelStatus] = []
+    for name in wanted:
+        try:
+            statuses.append(client.unload_model(name))
+        except ControlError as exc:
+            raise click.ClickException(exc.message) from None
+    if output == "json":
+        _echo_json({"models": statuses})
+    else:
+        _models_table(statuses)
+
+
+def _met(status: st.ModelStatus, condition: str) -> bool:
+    cond = status.condition(condition)
+    if cond is not None:
+        return cond.status == "True"
+    return status.state == condition
+
+
+@model.command("status")
+@click.argument("name")
+@click.option("-w", "--wait", "condition", help="Wait until this condition is True (e.g. ModelReady).")
+@click.option("--timeout", type=float, default=60.0, show_default=True, help="Seconds to wait with -w.")
+@control_option
+@output_option
+def model_status(name: str, condition: str | None, timeout: float, control: str, output: str) -> None:
+    """Show a model's status; with -w wait for a condition (ModelReady) or state (ModelAvailable)."""
+    client = ControlClient(control)
+    if condition is not None and condition not in WAITABLE:
+        raise click.BadParameter(f"expected one of {', '.join(sorted(WAITABLE))}", param_hint="-w")
+    deadline = time.monotonic() + timeout
+    status: st.ModelStatus | None = None
+    error = ""
+    while True:
+        try:
+            status = client.model_status(name)
+        except ControlError as exc:
+            if exc.status == 404 and condition == st.TERMINATED:
+                click.echo(f"model {name}: {st.TERMINATED}")
+                return
+            if condition is None or exc.status != 0:
+                raise click.ClickException(exc.message) from None
+            error = exc.message  # the scheduler may be restarting: keep trying until the timeout
+        else:
+            if condition is None or _met(status, condition):
+                break
+        if time.monotonic() >= deadline:
+            if status is not None:
+                _show_status(status, output)
+            suffix = f" ({error})" if error else ""
+            raise click.ClickException(f"timed out after {timeout:g}s waiting for {name} {condition}{suffix}")
+        time.sleep(0.1)
+    _show_status(status, output)
+
+
+def _show_status(status: st.ModelStatus, output: str) -> None:
+    if output == "json":
+        _echo_json(status)
+    else:
+        _model_detail(status)
+
+
+@model.command("list")
+@control_option
+@output_option
+def model_list(control: str, output: str) -> None:
+    """List models and their states."""
+    statuses = _call(lambda: ControlClient(control).list_models())
+    if output == "json":
+        _echo_json({"models": statuses})
+    else:
+        _models_table(statuses)
+
+
+@model.command("infer")
+@click.argument("name")
+@click.argument("payload", required=False)
+@click.option(
+    "-f", "--file", "payload_file", type=click.File("rb"), help="Read the request JSON from a file."
+)
+@click.option("--inference-host", default="127.0.0.1:9000", show_default=True, help="REST host:port.")
+@click.option("-i", "--iterations", type=int, default=1, show_default=True, help="Send the request N times.")
+@click.option("--header", "headers", multiple=True, help="Extra request header k=v.")
+def model_infer(
+    name: str,
+    payload: str | None,
+    payload_file: Any,
+    inference_host: str,
+    iterations: int,
+    headers: tuple[str, ...],
+) -> None:
+    """POST an Open Inference Protocol request to /v2/models/NAME/infer and print the response."""
+    body = payload_file.read() if payload_file is not None else (payload or "").encode()
+    if not body:
+        raise click.UsageError("give the request JSON as an argument or with -f FILE")
+    try:
+        json.loads(body)
+    except ValueError as exc:
+        raise click.BadParameter(f"not JSON: {exc}", param_hint="PAYLOAD") from None
+    host = inference_host if "://" in inference_host else f"http://{inference_host}"
+    url = f"{host.rstrip('/')}/v2/models/{name}/infer"
+    extra = dict(h.split("=", 1) for h in headers if "=" in h)
+    start = time.perf_counter()
+    for _ in range(max(1, iterations)):
+        code, data = _post(url, body, {"Content-Type": "application/json", **extra})
+        if code >= 400:
+            raise click.ClickException(f"HTTP {code}: {data.decode(errors='replace')}")
+    elapsed = time.perf_counter() - start
+    try:
+        click.echo(json.dumps(json.loads(data), indent=2))
+    except ValueError:
+        click.echo(data.decode(errors="replace"))
+    if iterations > 1:
+        click.echo(f"{iterations} requests in {elapsed:.3f}s ({iterations / elapsed:.1f}/s)", err=True)
+
+
+def _post(url: str, body: bytes, headers: dict[str, str]) -> tuple[int, bytes]:
+    req = urllib.request.Request(url, data=body, method="POST", headers=headers)
+    try:
+        with urllib.request.urlopen(req, timeout=60) as resp:
+            return resp.status, resp.read()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read()
+    except (urllib.error.URLError, OSError) as exc:
+        raise click.ClickException(f"cannot reach {url}: {getattr(exc, 'reason', exc)}") from None
+
+
+# --------------------------------------------------------------------------------- server group
+
+
+@click.group()
+def server() -> None:
+    """Inspect model servers and their replicas."""
+
+
+def _servers_table(statuses: list[st.ServerStatus]) -> None:
+    table = Table("NAME", "CONFIG", "REPLICAS", "CONNECTED", "LOADED MODELS", "CAPABILITIES", box=None)
+    for s in statuses:
+        connected = sum(1 for r in s.replica_status if r.connected)
+        caps = ", ".join(s.capabilities)
+        table.add_row(s.name, s.server_config, str(s.replicas), str(connected), str(s.loaded_models), caps)
+    _console().print(table)
+
+
+@server.command("list")
+@control_option
+@output_option
+def server_list(control: str, output: str) -> None:
+    """List servers."""
+    statuses = _call(lambda: ControlClient(control).list_servers())
+    if output == "json":
+        _echo_json({"servers": statuses})
+    else:
+        _servers_table(statuses)
+
+
+@server.command("status")
+@click.argument("name")
+@control_option
+@output_option
+def server_status(name: str, control: str, output: str) -> None:
+    """Show a server's replicas: connection, pid, models, memory."""
+    status = _call(lambda: ControlClient(control).server_status(name))
+    if output == "json":
+        _echo_json(status)
+        return
+    _servers_table([status])
+    table = Table("REPLICA", "CONNECTED", "PID", "MEMORY USED", "CAPACITY", "MODELS", box=None)
+    for r in status.replica_status:
+        models = ", ".join(f"{m.name}:{m.generation}:{m.state}" for m in r.models) or "-"
+        table.add_row(
+            f"{status.name}-{r.index}",
+            "yes" if r.connected else "no",
+            str(r.pid or "-"),
+            _size(r.memory_used),
+            _size(r.memory_capacity),
+            models,
+        )
+    _console().print(table)
+
+
+if __name__ == "__main__":  # python -m headrace.control_cli model ...
+    cli = click.Group(commands={"model": model, "server": server})
+    sys.exit(cli.main())
