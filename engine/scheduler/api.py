@@ -193,6 +193,8 @@ class ControlServer(ThreadingHTTPServer):
     daemon_threads = True
     block_on_close = False
     allow_reuse_address = True
+    # every worker and server replica holds a long-poll open: the stdlib default backlog (5) is too small
+    request_queue_size = 1024
 
     def __init__(self, address: tuple[str, int], api: ControlApi) -> None:
         self.api = api
