@@ -66,6 +66,21 @@ class ServerState:
         self.connections: set[HttpProtocol] = set()
         self.draining = False
         self.in_flight = 0
+        self._sweeper: asyncio.TimerHandle | None = None
+
+    def start_sweeping(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Close idle keep-alive connections and stalled half-sent requests, once a second."""
+        if self.keepalive_timeout <= 0:
+            return
+        now = loop.time()
+        for conn in list(self.connections):
+            if not conn.busy and now - conn.last_active > self.keepalive_timeout:
+                conn.idle_expired()
+        self._sweeper = loop.call_later(min(1.0, self.keepalive_timeout / 2), self.start_sweeping, loop)
+
+    def stop_sweeping(self) -> None:
+        if self._sweeper is not None:
+            self._sweeper.cancel()
 
 
 class HttpProtocol(asyncio.Protocol):
@@ -74,9 +89,9 @@ class HttpProtocol(asyncio.Protocol):
         "busy",
         "drained",
         "headers",
-        "idle_timer",
         "in_message",
         "keep_alive",
+        "last_active",
         "loop",
         "parser",
         "queue",
@@ -99,7 +114,7 @@ class HttpProtocol(asyncio.Protocol):
         self.queue: collections.deque[tuple[HttpRequest, bool]] = collections.deque()
         self.busy = False
         self.keep_alive = True
-        self.idle_timer: asyncio.TimerHandle | None = None
+        self.last_active = loop.time()
         self.write_paused = False
         self.drained: asyncio.Event | None = None
         self.in_message = False
@@ -108,13 +123,10 @@ class HttpProtocol(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)
         self.state.connections.add(self)
-        self._arm_idle()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.state.connections.discard(self)
         self.transport = None
-        if self.idle_timer is not None:
-            self.idle_timer.cancel()
         self.queue.clear()
         if self.drained is not None:
             self.drained.set()
@@ -128,9 +140,7 @@ class HttpProtocol(asyncio.Protocol):
             self.drained.set()
 
     def data_received(self, data: bytes) -> None:
-        if self.idle_timer is not None:
-            self.idle_timer.cancel()
-            self.idle_timer = None
+        self.last_active = self.loop.time()
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserUpgrade:
@@ -138,8 +148,6 @@ class HttpProtocol(asyncio.Protocol):
         except httptools.HttpParserError as exc:
             if not self.too_large:
                 self._fail(400, f"malformed HTTP request: {exc}")
-        if not self.busy and self.transport is not None and self.idle_timer is None:
-            self._arm_idle()
 
     def _fail(self, status: int, message: str) -> None:
         """Answer a request we cannot parse, then close: the stream position is unknown."""
@@ -262,8 +270,8 @@ class HttpProtocol(asyncio.Protocol):
             return
         if not (keep_alive and self.keep_alive) or (self.state.draining and not self.queue):
             self.transport.close()
-        elif not self.queue:
-            self._arm_idle()
+        else:
+            self.last_active = self.loop.time()
 
     def _write(self, response: HttpResponse, keep_alive: bool = True) -> None:
         transport = self.transport
@@ -290,14 +298,8 @@ class HttpProtocol(asyncio.Protocol):
             transport.write(b"".join(head))
             transport.writelines(body)
 
-    def _arm_idle(self) -> None:
-        if self.idle_timer is not None:
-            self.idle_timer.cancel()
-        if self.transport is not None and self.state.keepalive_timeout > 0:
-            self.idle_timer = self.loop.call_later(self.state.keepalive_timeout, self._idle)
-
-    def _idle(self) -> None:
-        # idle keep-alive connections, and half-sent requests that stalled, are closed
+    def idle_expired(self) -> None:
+        """Idle keep-alive connections, and half-sent requests that stalled, are closed."""
         if self.transport is not None and not self.busy:
             if self.in_message:
                 self._fail(408, "request not completed in time")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import itertools
 import logging
@@ -22,6 +23,7 @@ from headrace.shm.arena import Arena, Ref
 log = logging.getLogger("headrace.client")
 
 _KINDS = {k.value: k for k in ErrorKind}
+_SWEEP_S = 0.05  # timeout precision
 
 
 @dataclass(slots=True)
@@ -62,6 +64,10 @@ class ReplicaConnection(asyncio.Protocol):
         self.to_release: list[tuple[int, int]] = []
         self.flush_scheduled = False
         self.closed = False
+        # (deadline, call id) in send order: every call has the same timeout, so deadlines are
+        # sorted and one periodic sweep replaces a timer per call
+        self.deadlines: collections.deque[tuple[float, int]] = collections.deque()
+        self.sweeper: asyncio.TimerHandle | None = None
 
     @property
     def in_flight(self) -> int:
@@ -141,11 +147,10 @@ class ReplicaConnection(asyncio.Protocol):
         pending = _Pending(self.loop.create_future(), refs)
         self.pending[call_id] = pending
         self._send(call)
-        timer = self.loop.call_later(timeout, self._expire, call_id, timeout)
-        try:
-            reply = await pending.future
-        finally:
-            timer.cancel()
+        self.deadlines.append((self.loop.time() + timeout, call_id))
+        if self.sweeper is None:
+            self.sweeper = self.loop.call_later(_SWEEP_S, self._sweep, timeout)
+        reply = await pending.future
         if reply.error is not None:
             self._free(refs)
             self._release_reply(reply)
@@ -164,6 +169,17 @@ class ReplicaConnection(asyncio.Protocol):
         if not refs and not any(w.ref is not None for w in reply.outputs):
             return InferResult(response)
         return InferResult(response, lambda: self._done(refs, reply))
+
+    def _sweep(self, timeout: float) -> None:
+        self.sweeper = None
+        now = self.loop.time()
+        deadlines = self.deadlines
+        while deadlines and deadlines[0][0] <= now:
+            self._expire(deadlines.popleft()[1], timeout)
+        while deadlines and deadlines[0][1] not in self.pending:
+            deadlines.popleft()  # answered already
+        if deadlines and not self.closed:
+            self.sweeper = self.loop.call_later(_SWEEP_S, self._sweep, timeout)
 
     def _expire(self, call_id: int, timeout: float) -> None:
         pending = self.pending.get(call_id)

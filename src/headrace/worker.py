@@ -29,6 +29,7 @@ async def serve(settings: Settings, index: int) -> None:
 
     state = ServerState(RestApp(dataplane), settings.max_body_bytes, settings.keepalive_timeout_s)
     http_server = await serve_http(state, settings.host, settings.http_port)
+    state.start_sweeping(loop)
     grpc_server = make_server(dataplane, f"{settings.host}:{settings.grpc_port}", settings.max_body_bytes)
     await grpc_server.start()
     log.info(
@@ -48,6 +49,7 @@ async def serve(settings: Settings, index: int) -> None:
     dataplane.draining = True
     state.draining = True
     http_server.close()
+    state.stop_sweeping()
     grpc_stop = asyncio.ensure_future(grpc_server.stop(settings.grace_period_s))
     for conn in list(state.connections):
         conn.shutdown()
