@@ -1,0 +1,1 @@
+"""Load tests and benchmarks for headrace (not part of the installed package)."""
