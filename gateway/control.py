@@ -38,6 +38,10 @@ class ModelRoute(msgspec.Struct, frozen=True, kw_only=True):
     version: str = "1"
     generation: int = 1
     ready: bool = False
+    # the scheduler's model state (Seldon names) and its reason, so a worker can tell a model that
+    # is still coming up (wait for it) from one that cannot serve (answer at once)
+    state: str = ""
+    message: str = ""
     inline: bool = False
     spec: ModelSpec | None = None  # set for inline models: workers load them in-process
     replicas: list[ReplicaAddr] = []

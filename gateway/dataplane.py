@@ -14,6 +14,8 @@ from headrace.gateway.registry import ModelRegistry
 from headrace.gateway.runtime.client import InferResult, ServerPool
 
 SERVER_NAME = "headrace"
+# model states in which waiting cannot help: answer at once
+CANNOT_SERVE = frozenset({"ModelFailed", "ScheduleFailed", "ModelTerminating", "ModelTerminated"})
 EXTENSIONS = ["binary_tensor_data", "model_repository", "seldon_pipelines"]
 
 
@@ -78,8 +80,13 @@ class DataPlane:
                     return await self.pool.infer(route, request)
                 except NotServedError as exc:
                     last = exc.message
+            elif route.state in CANNOT_SERVE:
+                reason = f": {route.message}" if route.message else ""
+                raise HeadraceError(
+                    f"model '{route.name}' cannot serve ({route.state}{reason})", ErrorKind.UNAVAILABLE
+                )
             else:
-                last = f"model '{route.name}' has no ready replica"
+                last = f"model '{route.name}' has no ready replica ({route.state or 'loading'})"
             remaining = deadline - loop.time()
             if remaining <= 0:
                 raise HeadraceError(f"{last} (waited {self.timeout:g} s)", ErrorKind.UNAVAILABLE)

@@ -58,10 +58,13 @@ class Views:
                     reports.append(report)
                     addrs.append(ReplicaAddr(replica.server, replica.index, replica.socket))
         first = reports[0] if reports else None
+        _, state, reason = self._model_state(model)
         return ModelRoute(
             name=model.name,
             generation=model.generation,
             ready=bool(reports),
+            state=state,
+            message=reason,
             inline=model.spec.inline,
             spec=model.spec if model.spec.inline else None,
             replicas=addrs,

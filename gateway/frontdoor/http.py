@@ -96,6 +96,7 @@ class HttpProtocol(asyncio.Protocol):
         "parser",
         "queue",
         "state",
+        "task",
         "too_large",
         "transport",
         "url",
@@ -118,6 +119,7 @@ class HttpProtocol(asyncio.Protocol):
         self.write_paused = False
         self.drained: asyncio.Event | None = None
         self.in_message = False
+        self.task: asyncio.Task[None] | None = None
 
     # -- connection -----------------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -128,6 +130,8 @@ class HttpProtocol(asyncio.Protocol):
         self.state.connections.discard(self)
         self.transport = None
         self.queue.clear()
+        if self.task is not None:
+            self.task.cancel()  # nobody is waiting for the answer any more
         if self.drained is not None:
             self.drained.set()
 
@@ -219,8 +223,7 @@ class HttpProtocol(asyncio.Protocol):
             return
         self.busy = True
         state.in_flight += 1
-        task = self.loop.create_task(self._await(result, keep_alive))
-        del task
+        self.task = self.loop.create_task(self._await(result, keep_alive))
 
     async def _await(self, pending: Awaitable[HttpResponse], keep_alive: bool) -> None:
         try:
@@ -230,17 +233,20 @@ class HttpProtocol(asyncio.Protocol):
                 log.exception("handler failed")
                 response = error_response(500, f"internal error: {exc}")
             if response.done is not None and self.transport is not None:
-                self._write(response, keep_alive)
-                if self.transport is not None and self.transport.get_write_buffer_size():
-                    await self._drain()
-                response.done()
-                response.done = None
+                try:
+                    self._write(response, keep_alive)
+                    if self.transport is not None and self.transport.get_write_buffer_size():
+                        await self._drain()  # the body points into shared memory: wait until sent
+                finally:
+                    response.done()
+                    response.done = None
                 self._after_response(keep_alive)
             else:
                 self._respond(response, keep_alive)
         finally:
             self.state.in_flight -= 1
             self.busy = False
+            self.task = None
         self._next()
 
     async def _drain(self) -> None:

@@ -150,7 +150,12 @@ class ReplicaConnection(asyncio.Protocol):
         self.deadlines.append((self.loop.time() + timeout, call_id))
         if self.sweeper is None:
             self.sweeper = self.loop.call_later(_SWEEP_S, self._sweep, timeout)
-        reply = await pending.future
+        try:
+            reply = await pending.future
+        except asyncio.CancelledError:
+            # the caller went away; the server may still read our buffers until it replies
+            pending.abandoned = True
+            raise
         if reply.error is not None:
             self._free(refs)
             self._release_reply(reply)
@@ -243,6 +248,7 @@ class ServerPool:
         self.arena_ids = itertools.count(1)
         self.connections: dict[str, ReplicaConnection] = {}
         self.connecting: dict[str, asyncio.Future[ReplicaConnection]] = {}
+        self.turn = 0
 
     def forget(self, conn: ReplicaConnection) -> None:
         if self.connections.get(conn.addr.socket) is conn:
@@ -277,13 +283,16 @@ class ServerPool:
         if not replicas:
             raise NotServedError(f"model '{route.name}' has no ready replica")
         best: ReplicaConnection | None = None
-        if len(replicas) == 1:
+        n = len(replicas)
+        if n == 1:
             addr = replicas[0]
         else:
-            # least in flight among open connections; unopened replicas count as idle
-            addr = replicas[0]
+            # least in flight among open connections (unopened ones count as idle); ties take turns
+            self.turn += 1
+            addr = replicas[self.turn % n]
             best_load = 1 << 30
-            for candidate in replicas:
+            for k in range(n):
+                candidate = replicas[(self.turn + k) % n]
                 conn = self.connections.get(candidate.socket)
                 load = conn.in_flight if conn is not None else 0
                 if load < best_load:
