@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import logging
+import threading
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from typing import TypeVar
 
 import msgspec
 
 T = TypeVar("T")
+log = logging.getLogger("headrace.control")
 
 
 class ControlUnavailableError(Exception):
@@ -32,3 +36,16 @@ def post(url: str, body: msgspec.Struct, timeout: float = 5.0) -> None:
             resp.read()
     except (urllib.error.URLError, OSError) as exc:
         raise ControlUnavailableError(f"POST {url}: {exc}") from None
+
+
+def follow(stop: threading.Event, step: Callable[[], None]) -> None:
+    """Run ``step`` (one long-poll round) until ``stop``; back off while the scheduler is away."""
+    backoff = 0.1
+    while not stop.is_set():
+        try:
+            step()
+            backoff = 0.1
+        except ControlUnavailableError as exc:
+            log.debug("scheduler unavailable: %s", exc)
+            stop.wait(backoff)
+            backoff = min(backoff * 2, 2.0)

@@ -15,9 +15,9 @@ import msgspec
 
 from headrace.config.settings import Settings
 from headrace.gateway import controlclient
-from headrace.gateway.control import LoadedModel, RoutingTable, WorkerReport
+from headrace.gateway.control import RoutingTable, WorkerReport
 from headrace.gateway.registry import InlineModel, ModelRegistry
-from headrace.gateway.runtime.loaders import load_runtime
+from headrace.gateway.runtime.loaders import try_load
 
 log = logging.getLogger("headrace.routes")
 
@@ -64,22 +64,19 @@ class RouteWatcher:
     def _run(self) -> None:
         url = f"{self.settings.control_url}/v1/internal/routes"
         report_url = f"{self.settings.control_url}/v1/internal/workers/{self.index}/report"
-        backoff = 0.1
         reported = -1
-        while not self._stop.is_set():
-            try:
-                table = controlclient.get(f"{url}?after={self.version}&wait=2", RoutingTable, timeout=10)
-                if table.version != self.version or not self.registry.received:
-                    self._apply(table)
-                    self._write_cache(table)
-                if reported != self.version or self.inline:
-                    controlclient.post(report_url, self._report())
-                    reported = self.version
-                backoff = 0.1
-            except controlclient.ControlUnavailableError as exc:
-                log.debug("scheduler unavailable: %s", exc)
-                self._stop.wait(backoff)
-                backoff = min(backoff * 2, 2.0)
+
+        def step() -> None:
+            nonlocal reported
+            table = controlclient.get(f"{url}?after={self.version}&wait=2", RoutingTable, timeout=10)
+            if table.version != self.version or not self.registry.received:
+                self._apply(table)
+                self._write_cache(table)
+            if reported != self.version or self.inline:
+                controlclient.post(report_url, self._report())
+                reported = self.version
+
+        controlclient.follow(self._stop, step)
 
     def _apply(self, table: RoutingTable) -> None:
         """On the control thread: load inline models, then hand the table to the event loop."""
@@ -99,23 +96,10 @@ class RouteWatcher:
             current = inline.get(name)
             if current is not None and current.generation == route.generation:
                 continue
-            try:
-                runtime = load_runtime(route.spec)
-                state = LoadedModel(
-                    name=name,
-                    generation=route.generation,
-                    state="Loaded",
-                    platform=runtime.platform,
-                    inputs=runtime.inputs,
-                    outputs=runtime.outputs,
-                )
-                inline[name] = InlineModel(route.generation, runtime, state)
-            except Exception as exc:
-                log.error("inline load of %s failed: %s", name, exc)
-                state = LoadedModel(
-                    name=name, generation=route.generation, state="LoadFailed", message=str(exc)
-                )
-                inline[name] = InlineModel(route.generation, None, state)
+            runtime, state = try_load(route.spec)
+            if runtime is None:
+                log.error("inline load of %s failed: %s", name, state.message)
+            inline[name] = InlineModel(route.generation, runtime, state)
         self.inline = inline
         return inline
 

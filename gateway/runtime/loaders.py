@@ -12,7 +12,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from headrace.config.errors import HeadraceError, InvalidInputError
-from headrace.gateway.control import ModelSpec, TensorSpec
+from headrace.gateway.control import LoadedModel, ModelSpec, TensorSpec
 from headrace.gateway.oip.types import InferRequest, InferResponse, Tensor
 
 
@@ -164,3 +164,21 @@ def load_runtime(spec: ModelSpec) -> LoadedRuntime:
     except KeyError:
         raise ModelLoadError(f"model {spec.name}: unknown runtime {spec.runtime!r}") from None
     return factory(spec)
+
+
+def try_load(spec: ModelSpec) -> tuple[LoadedRuntime | None, LoadedModel]:
+    """Load a model and describe the outcome the way the scheduler wants it reported."""
+    try:
+        runtime = load_runtime(spec)
+    except Exception as exc:
+        return None, LoadedModel(
+            name=spec.name, generation=spec.generation, state="LoadFailed", message=str(exc)
+        )
+    return runtime, LoadedModel(
+        name=spec.name,
+        generation=spec.generation,
+        state="Loaded",
+        platform=runtime.platform,
+        inputs=runtime.inputs,
+        outputs=runtime.outputs,
+    )

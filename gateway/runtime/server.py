@@ -13,12 +13,13 @@ from pathlib import Path
 from typing import cast
 
 from headrace.config.errors import ErrorKind, HeadraceError
+from headrace.config.logs import setup_logging
 from headrace.config.settings import Settings
 from headrace.gateway import controlclient
 from headrace.gateway.control import LoadedModel, ModelSpec, ServerDesired, ServerReport
 from headrace.gateway.oip.types import InferRequest, RequestedOutput, Tensor
 from headrace.gateway.runtime import messages as m
-from headrace.gateway.runtime.loaders import LoadedRuntime, load_runtime
+from headrace.gateway.runtime.loaders import LoadedRuntime, try_load
 from headrace.gateway.runtime.tensors import buffer_address, from_wire, to_wire
 from headrace.shm.arena import Arena, Ref
 
@@ -220,30 +221,27 @@ class ModelServer:
     # -- control thread -------------------------------------------------------------------------
     def _control_loop(self) -> None:
         base = f"{self.settings.control_url}/v1/internal/servers/{self.name}/{self.index}"
-        backoff = 0.1
         last_report = 0.0
         announced = False
-        while not self._stop.is_set():
-            try:
-                if not announced:
-                    # tell the scheduler at once that this (new) incarnation has nothing loaded
-                    controlclient.post(f"{base}/report", self._report())
-                    announced = True
-                desired = controlclient.get(
-                    f"{base}/desired?after={self._desired_version}&wait=2", ServerDesired, timeout=10
-                )
-                if desired.version != self._desired_version:
-                    self._converge(desired)
-                    self._desired_version = desired.version
-                    last_report = 0.0
-                if time.monotonic() - last_report > 1.0:
-                    controlclient.post(f"{base}/report", self._report())
-                    last_report = time.monotonic()
-                backoff = 0.1
-            except controlclient.ControlUnavailableError as exc:
-                log.debug("scheduler unavailable: %s", exc)
-                self._stop.wait(backoff)
-                backoff = min(backoff * 2, 2.0)
+
+        def step() -> None:
+            nonlocal last_report, announced
+            if not announced:
+                # tell the scheduler at once that this (new) incarnation has nothing loaded
+                controlclient.post(f"{base}/report", self._report())
+                announced = True
+            desired = controlclient.get(
+                f"{base}/desired?after={self._desired_version}&wait=2", ServerDesired, timeout=10
+            )
+            if desired.version != self._desired_version:
+                self._converge(desired)
+                self._desired_version = desired.version
+                last_report = 0.0
+            if time.monotonic() - last_report > 1.0:
+                controlclient.post(f"{base}/report", self._report())
+                last_report = time.monotonic()
+
+        controlclient.follow(self._stop, step)
 
     def _converge(self, desired: ServerDesired) -> None:
         wanted = {s.name: s for s in desired.models}
@@ -263,23 +261,13 @@ class ModelServer:
         self._publish(runtimes, states)
 
     def _load(self, spec: ModelSpec, runtimes: dict[str, tuple[int, LoadedRuntime]]) -> LoadedModel:
-        try:
-            runtime = load_runtime(spec)
-        except Exception as exc:
-            log.error("loading %s failed: %s", spec.name, exc)
+        runtime, state = try_load(spec)
+        if runtime is None:
+            log.error("loading %s failed: %s", spec.name, state.message)
             runtimes.pop(spec.name, None)
-            return LoadedModel(
-                name=spec.name, generation=spec.generation, state="LoadFailed", message=str(exc)
-            )
-        runtimes[spec.name] = (spec.generation, runtime)
-        return LoadedModel(
-            name=spec.name,
-            generation=spec.generation,
-            state="Loaded",
-            platform=runtime.platform,
-            inputs=runtime.inputs,
-            outputs=runtime.outputs,
-        )
+        else:
+            runtimes[spec.name] = (spec.generation, runtime)
+        return state
 
     def _publish(
         self, runtimes: dict[str, tuple[int, LoadedRuntime]], states: dict[str, LoadedModel]
@@ -310,7 +298,5 @@ def run(settings: Settings, name: str, index: int) -> None:
     """Entry of a model-server child process."""
     import uvloop
 
-    logging.basicConfig(
-        force=True, level=settings.log_level.upper(), format=f"%(asctime)s {name}-{index} %(message)s"
-    )
+    setup_logging(settings.log_level, f"server {name}-{index}")
     uvloop.run(ModelServer(settings, name, index).serve())

@@ -6,6 +6,7 @@ import asyncio
 import logging
 import signal
 
+from headrace.config.logs import setup_logging
 from headrace.config.settings import Settings
 from headrace.gateway.dataplane import DataPlane
 from headrace.gateway.frontdoor.http import ServerState, serve_http
@@ -69,7 +70,5 @@ def run(settings: Settings, index: int) -> None:
     """Entry of a worker child process."""
     import uvloop
 
-    logging.basicConfig(
-        force=True, level=settings.log_level.upper(), format=f"%(asctime)s worker-{index} %(message)s"
-    )
+    setup_logging(settings.log_level, f"worker {index}")
     uvloop.run(serve(settings, index))
