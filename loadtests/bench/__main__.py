@@ -233,7 +233,7 @@ class Bench:
         assert running.grpc_target is not None and self.grpc_tool is not None
         tool, target = self.grpc_tool, running.grpc_target
         nbytes = PAYLOADS[cell.payload]
-        res.encoding = "raw_input_contents" if nbytes else "fp32_contents"
+        res.encoding = "raw" if nbytes else "fp32"
         message = grpc_request(running.model, nbytes)
         reply_bytes, problem = checks.grpc_echo(target, message, nbytes)
         if problem:
@@ -299,8 +299,8 @@ def main(argv: list[str] | None = None) -> int:
         "same cores; 'CPU cl/srv/other' is the cores used on average by the load generator, the server "
         "(its whole process group) and everything else on the machine (noise from other work).",
         "Ratios compare mean RPS in the same cell of this run; spread is (max - min) / mean over repeats.",
-        "Large tensors: REST uses the binary tensor extension (Inference-Header-Content-Length), gRPC "
-        "uses raw_input_contents; the response is echoed back the same way.",
+        "Body: json = JSON data; binary = REST binary tensor extension (Inference-Header-Content-Length); "
+        "fp32 = gRPC contents.fp32_contents; raw = gRPC raw_input_contents. Replies come back the same way.",
     ]
     console.print(report.machine)
     CACHE_DIR.mkdir(parents=True, exist_ok=True)

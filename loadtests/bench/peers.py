@@ -55,8 +55,8 @@ class Peer:
 
 class FloorPeer(Peer):
     key = "floor"
-    label = "floor (uvloop+httptools+orjson, 1 proc)"
-    version = "loadtests/bench/floor.py"
+    label = "floor (1 process)"
+    version = "loadtests/bench/floor.py: uvloop + httptools + orjson, one process"
 
     def start(self, workdir: Path) -> Running:
         (port,) = free_ports(1)
@@ -69,7 +69,7 @@ class FloorPeer(Peer):
 
 class MLServerPeer(Peer):
     key = "mlserver"
-    label = f"MLServer {MLSERVER_VERSION} (parallel_workers 0, debug off)"
+    label = f"MLServer {MLSERVER_VERSION}"
     version = f"mlserver {MLSERVER_VERSION} + uvloop 0.21.0, own venv"
     notes = (
         "MLServer: parallel_workers 0, debug false, metrics endpoint off, custom MLModel echo.",
@@ -124,7 +124,7 @@ class MLServerPeer(Peer):
 
 class TritonPeer(Peer):
     key = "triton"
-    label = "Triton (pytriton 0.7.0 binary, Python backend)"
+    label = "Triton (Python backend)"
     version = f"tritonserver from nvidia-pytriton=={PYTRITON_VERSION}, CPU"
     notes = ("Triton: Python-backend echo, 1 instance (KIND_CPU), max_batch_size 0, metrics off.",)
     home = CACHE_DIR / f"triton-{PYTRITON_VERSION}"
@@ -231,8 +231,8 @@ class HeadracePeer(Peer):
         self.mode = mode
         self.workers = workers
         self.key = f"headrace-{mode}"
-        self.label = f"headrace {mode} ({workers} workers)"
-        self.version = "headrace (this repo)"
+        self.label = f"headrace {mode}"
+        self.version = f"headrace (this repo), --workers {workers}"
 
     def prepare(self) -> None:
         if not self.binary.exists():

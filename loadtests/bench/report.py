@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import statistics
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -146,7 +147,7 @@ class Report:
         console.print(self.config)
         table = Table(title="headrace benchmark", show_lines=False)
         for col in HEADERS:
-            table.add_column(col, overflow="fold")
+            table.add_column(col, overflow="fold", max_width=48 if col == "notes" else None)
         for row in self.rows():
             table.add_row(*row)
         console.print(table)
@@ -186,6 +187,28 @@ class Report:
             "notes": self.notes,
             "results": [r.to_json() for r in self.results.values()],
         }
+
+    @classmethod
+    def from_json(cls, doc: dict[str, Any]) -> Report:
+        """Rebuild a report from its JSON file (to re-render the markdown)."""
+        report = cls(
+            machine=doc["machine"],
+            config=doc["config"],
+            peers=[],
+            versions=doc.get("versions", {}),
+            unavailable=doc.get("unavailable", {}),
+            notes=doc.get("notes", []),
+            started=datetime.fromisoformat(doc["started"]),
+        )
+        for item in doc["results"]:
+            if (item["peer"], item["label"]) not in report.peers:
+                report.peers.append((item["peer"], item["label"]))
+            res = report.result(
+                item["peer"], item["label"], Cell(item["proto"], item["payload"], item["conns"])
+            )
+            res.encoding, res.failures, res.skipped = item["encoding"], item["failures"], item["skipped"]
+            res.runs = [Measurement(**m) for m in item["runs"]]
+        return report
 
     def write(self, out_dir: Path, tag: str = "") -> tuple[Path, Path]:
         out_dir.mkdir(parents=True, exist_ok=True)
@@ -277,5 +300,22 @@ def _ratio(rps: float, base: float | None, is_self: bool) -> str:
 def _check(name: str, value: float | None, goal: float, unit: str) -> str:
     if value is None:
         return f"{name}: n/a (no baseline)"
-    shown = f"{value:.0%}" if unit == "%" else f"{value:.2f}x"
+    # Rounded down, so a value shown as the goal has met it (9.996x shows as 9.99x, not 10.00x).
+    shown = f"{math.floor(value * 100)}%" if unit == "%" else f"{math.floor(value * 100) / 100:.2f}x"
     return f"{name}: {shown} {'met' if value >= goal else 'NOT met'}"
+
+
+def main(argv: list[str]) -> int:
+    """`python -m loadtests.bench.report RESULTS.json...`: rewrite each .md next to its .json."""
+    for name in argv:
+        path = Path(name)
+        report = Report.from_json(orjson.loads(path.read_bytes()))
+        path.with_suffix(".md").write_text(report.markdown())
+        print(f"rewrote {path.with_suffix('.md')}")
+    return 0
+
+
+if __name__ == "__main__":
+    import sys
+
+    raise SystemExit(main(sys.argv[1:]))

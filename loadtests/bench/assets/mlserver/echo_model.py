@@ -4,7 +4,7 @@ from mlserver import MLModel
 from mlserver.types import InferenceRequest, InferenceResponse, ResponseOutput
 
 
-class EchoModel(MLModel):
+class EchoModel(MLModel):  # type: ignore[misc]  # mlserver is only in its own venv
     async def load(self) -> bool:
         return True
 
