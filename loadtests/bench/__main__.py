@@ -35,7 +35,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument(
         "--only",
         default="",
-        help="comma list of servers: floor, mlserver, triton, headrace (= headrace-process,headrace-inline)",
+        help="comma list of servers: floor (= floor, floor-grpc, floor-grpc-1), mlserver, triton, "
+        "headrace (= headrace-process,headrace-inline)",
     )
     p.add_argument("--quick", action="store_true", help="smoke run: 3 s, 1 repeat, 1 s warm-up")
     p.add_argument("--conns", default="16,64", help="connections for the small request (default 16,64)")
@@ -164,7 +165,7 @@ class Bench:
         served = running.http_base if cell.proto == "rest" else running.grpc_target
         tool = self.wrk if cell.proto == "rest" else self.grpc_tool
         if served is None or tool is None:
-            return  # this server has no such endpoint (the floor: no gRPC), or no load generator
+            return  # no such endpoint here (REST floor: no gRPC; gRPC floors: no REST) or no load generator
         res = self.report.result(peer.key, running.label, cell)
         if cell.proto == "rest":
             load = self._rest_load(running, cell, res, workdir)
@@ -299,6 +300,10 @@ def main(argv: list[str] | None = None) -> int:
         "same cores; 'CPU cl/srv/other' is the cores used on average by the load generator, the server "
         "(its whole process group) and everything else on the machine (noise from other work).",
         "Ratios compare mean RPS in the same cell of this run; spread is (max - min) / mean over repeats.",
+        "% floor: REST cells against the REST floor (uvloop + httptools + orjson, 1 process); gRPC cells "
+        f"against the gRPC floor (grpc.aio ModelInfer echo on uvloop, {args.workers} processes on one "
+        "SO_REUSEPORT port, same grpcio and protobuf classes as headrace): the ceiling of any grpcio-aio "
+        "server on this machine. The 1-process gRPC floor shows the per-process ceiling.",
         "Body: json = JSON data; binary = REST binary tensor extension (Inference-Header-Content-Length); "
         "fp32 = gRPC contents.fp32_contents; raw = gRPC raw_input_contents. Replies come back the same way.",
     ]

@@ -15,7 +15,16 @@ from pathlib import Path
 import yaml
 
 from loadtests.bench import ASSETS_DIR, CACHE_DIR, REPO_DIR
-from loadtests.bench.procs import Server, SetupError, free_ports, run_quiet, start_server, wait_ready
+from loadtests.bench.floor_grpc import READY_LINE
+from loadtests.bench.procs import (
+    Server,
+    SetupError,
+    free_ports,
+    run_quiet,
+    start_server,
+    wait_log_line,
+    wait_ready,
+)
 from loadtests.bench.tools import apt_install
 
 MLSERVER_VERSION = "1.7.1"
@@ -65,6 +74,42 @@ class FloorPeer(Peer):
         base = f"http://127.0.0.1:{port}"
         _ready_or_stop(server, f"{base}/v2/models/echo/ready")
         return Running(self.label, server, base, None)
+
+
+class GrpcFloorPeer(Peer):
+    """The gRPC ceiling: grpc.aio ModelInfer echo, `procs` uvloop processes on one SO_REUSEPORT port."""
+
+    def __init__(self, procs: int, key: str) -> None:
+        self.procs = procs
+        self.key = key
+        self.label = f"floor: grpc.aio ModelInfer, {procs} process{'es' if procs != 1 else ''}"
+        self.version = (
+            f"loadtests/bench/floor_grpc.py: grpcio {_grpc_version()} aio on uvloop, "
+            f"tritonclient protobuf classes, {procs} process(es), SO_REUSEPORT"
+        )
+
+    def prepare(self) -> None:
+        if _grpc_version() == "missing":
+            raise SetupError("grpcio is not installed in this venv")
+
+    def start(self, workdir: Path) -> Running:
+        (port,) = free_ports(1)
+        cmd = [sys.executable, "-m", "loadtests.bench.floor_grpc", str(port), str(self.procs)]
+        server = start_server(self.key, cmd, log_path=workdir / f"{self.key}.log", cwd=REPO_DIR)
+        try:
+            wait_log_line(server, READY_LINE, READY_TIMEOUT)
+        except SetupError:
+            server.stop()
+            raise
+        return Running(self.label, server, None, f"127.0.0.1:{port}")
+
+
+def _grpc_version() -> str:
+    try:
+        import grpc
+    except ImportError:
+        return "missing"
+    return str(grpc.__version__)
 
 
 class MLServerPeer(Peer):
@@ -301,8 +346,12 @@ def _ready_or_stop(server: Server, url: str) -> None:
 
 
 def all_peers(headrace_workers: int) -> list[Peer]:
+    grpc_floors: list[Peer] = [GrpcFloorPeer(headrace_workers, "floor-grpc")]
+    if headrace_workers != 1:
+        grpc_floors.append(GrpcFloorPeer(1, "floor-grpc-1"))
     return [
         FloorPeer(),
+        *grpc_floors,
         MLServerPeer(),
         TritonPeer(),
         HeadracePeer("process", headrace_workers),

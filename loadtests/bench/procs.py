@@ -176,6 +176,21 @@ def wait_ready(server: Server, url: str, timeout: float = 60.0) -> None:
     )
 
 
+def wait_log_line(server: Server, text: str, timeout: float = 60.0) -> None:
+    """Wait until `text` appears in the server's log (servers with no HTTP endpoint to poll)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if text in server.log_path.read_text(errors="replace"):
+                return
+        except OSError:
+            pass
+        if not server.alive():
+            raise SetupError(f"{server.name} exited with {server.proc.returncode}: {server.log_tail()}")
+        time.sleep(0.1)
+    raise SetupError(f"{server.name} not ready after {timeout:.0f} s: {server.log_tail(3)}")
+
+
 def post(url: str, body: bytes, headers: Mapping[str, str], timeout: float = 30.0) -> tuple[int, bytes]:
     """One POST for a sanity check before load: (status, body)."""
     req = urllib.request.Request(url, data=body, headers=dict(headers), method="POST")

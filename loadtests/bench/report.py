@@ -101,12 +101,13 @@ class Report:
         for cell in self.cells():
             mls = self._baseline("mlserver", cell)
             tri = self._baseline("triton", cell)
-            flo = self._baseline("floor", cell)
+            floor_key = FLOOR_KEYS.get(cell.proto, "floor")
+            flo = self._baseline(floor_key, cell)
             for key, label in self.peers:
                 res = self.results.get((key, cell))
                 if res is None:
                     continue
-                rows.append(_row(cell, label, res, key, mls, tri, flo))
+                rows.append(_row(cell, label, res, key, mls, tri, flo if key != floor_key else None))
         return rows
 
     def target_lines(self) -> list[str]:
@@ -119,21 +120,26 @@ class Report:
                 lines.append(f"{label}: not available: {self.unavailable[key]}")
                 continue
             for cell in self.cells():
-                if cell.payload != "small":
+                if cell.payload != "small" and cell.proto != "grpc":
                     continue
                 res = self.results.get((key, cell))
                 rps = res.mean_rps if res else None
                 if rps is None:
                     continue
                 checks = []
-                mls = self._baseline("mlserver", cell)
-                goal = 10.0 if cell.proto == "rest" else 5.0
-                checks.append(_check(f">= {goal:g}x MLServer", rps / mls if mls else None, goal, "x"))
+                if cell.payload == "small":
+                    mls = self._baseline("mlserver", cell)
+                    goal = 10.0 if cell.proto == "rest" else 5.0
+                    checks.append(_check(f">= {goal:g}x MLServer", rps / mls if mls else None, goal, "x"))
                 if cell.proto == "rest":
                     tri = self._baseline("triton", cell)
                     checks.append(_check(">= Triton", rps / tri if tri else None, 1.0, "x"))
                     flo = self._baseline("floor", cell)
                     checks.append(_check(">= 25% of floor", rps / flo if flo else None, 0.25, "%"))
+                else:
+                    checks += self._grpc_floor_shares(rps, cell)
+                if not checks:
+                    continue
                 lines.append(f"{label}, {cell.title()}: " + "; ".join(checks))
         for cell in self.cells():
             inline = self._baseline("headrace-inline", cell)
@@ -141,6 +147,17 @@ class Report:
             if inline and process:
                 lines.append(f"headrace inline / process, {cell.title()}: {inline / process:.2f}x")
         return lines
+
+    def _grpc_floor_shares(self, rps: float, cell: Cell) -> list[str]:
+        """`rps` as a share of each gRPC floor measured in this cell (no goal: the floor is a ceiling)."""
+        out = []
+        for key, label in self.peers:
+            if key in GRPC_FLOOR_KEYS:
+                base = self._baseline(key, cell)
+                size = label.rsplit(", ", 1)[-1]  # "2 processes"
+                share = f"{math.floor(rps / base * 100)}%" if base else "n/a (no baseline)"
+                out.append(f"{share} of gRPC floor ({size})")
+        return out
 
     def print(self, console: Console) -> None:
         console.print(self.machine)
@@ -220,6 +237,10 @@ class Report:
         return md, js
 
 
+# Whose RPS the "% floor" column divides by: the REST floor for REST, the N-process gRPC floor for gRPC.
+FLOOR_KEYS = {"rest": "floor", "grpc": "floor-grpc"}
+GRPC_FLOOR_KEYS = ("floor-grpc", "floor-grpc-1")
+
 HEADERS = [
     "cell",
     "server",
@@ -282,7 +303,7 @@ def _row(
         f"{max(r.p99_ms for r in runs):.2f}",
         _ratio(rps, mls, key == "mlserver"),
         _ratio(rps, tri, key == "triton"),
-        f"{rps / flo:.0%}" if flo and key != "floor" else "-",
+        f"{rps / flo:.0%}" if flo else "-",
         "/".join(
             f"{statistics.fmean(getattr(r, a) for r in runs):.2f}"
             for a in ("client_cpu", "server_cpu", "other_cpu")
