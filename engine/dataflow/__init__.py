@@ -1,0 +1,1 @@
+"""Pipeline dataflow: references resolved to topics, the compiled step graph, the chain transforms."""
