@@ -1,4 +1,4 @@
-"""The control API over HTTP/JSON: model and server commands, long-polls and reports for the data plane."""
+"""The control API over HTTP/JSON: model, pipeline and server commands, long-polls and data-plane reports."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ import msgspec
 
 from headrace.config.errors import ConfigError, ErrorKind, HeadraceError
 from headrace.config.manifests import ModelManifest, parse_manifests
+from headrace.engine.scheduler.pipelines import parse_pipeline_docs
 from headrace.engine.scheduler.state import SchedulerState
 from headrace.gateway.control import ServerReport, WorkerReport
 
@@ -36,12 +37,15 @@ class HttpError(HeadraceError):
         self.status = status
 
 
-def _manifests_from_body(body: bytes) -> list[ModelManifest]:
+def _yaml_body(body: bytes) -> str:
     try:
-        text = body.decode("utf-8")
+        return body.decode("utf-8")
     except UnicodeDecodeError:
         raise ConfigError("the body must be UTF-8 YAML") from None
-    manifests = parse_manifests(text, None)
+
+
+def _manifests_from_body(body: bytes) -> list[ModelManifest]:
+    manifests = parse_manifests(_yaml_body(body), None)
     servers = [m.name for m in manifests if not isinstance(m, ModelManifest)]
     if servers:
         raise ConfigError(
@@ -64,6 +68,10 @@ class ControlApi:
             ("GET", re.compile(r"/v1/models"), self.list_models),
             ("GET", re.compile(rf"/v1/models/{_NAME}"), self.model),
             ("DELETE", re.compile(rf"/v1/models/{_NAME}"), self.unload),
+            ("POST", re.compile(r"/v1/pipelines"), self.load_pipelines),
+            ("GET", re.compile(r"/v1/pipelines"), self.list_pipelines),
+            ("GET", re.compile(rf"/v1/pipelines/{_NAME}"), self.pipeline),
+            ("DELETE", re.compile(rf"/v1/pipelines/{_NAME}"), self.unload_pipeline),
             ("GET", re.compile(r"/v1/servers"), self.list_servers),
             ("GET", re.compile(rf"/v1/servers/{_NAME}"), self.server),
             ("GET", re.compile(r"/v1/internal/routes"), self.routes_poll),
@@ -112,6 +120,19 @@ class ControlApi:
 
     def unload(self, name: str, **_: Any) -> Any:
         return self.state.unload(name)
+
+    def load_pipelines(self, *, body: bytes, **_: Any) -> Any:
+        """Every document is parsed and checked before any is loaded: all or nothing."""
+        return {"pipelines": self.state.load_pipelines(parse_pipeline_docs(_yaml_body(body)))}
+
+    def list_pipelines(self, **_: Any) -> Any:
+        return {"pipelines": self.state.pipeline_statuses()}
+
+    def pipeline(self, name: str, **_: Any) -> Any:
+        return self.state.pipeline_status(name)
+
+    def unload_pipeline(self, name: str, **_: Any) -> Any:
+        return self.state.unload_pipeline(name)
 
     def list_servers(self, **_: Any) -> Any:
         return {"servers": self.state.server_statuses()}

@@ -11,7 +11,7 @@ from urllib.parse import quote
 import msgspec
 
 from headrace.config.errors import ErrorKind, HeadraceError
-from headrace.engine.scheduler.status import ModelStatus, ServerStatus
+from headrace.engine.scheduler.status import ModelStatus, PipelineStatus, ServerStatus
 from headrace.gateway.control import RoutingTable, ServerDesired, ServerReport, WorkerReport
 
 DEFAULT_CONTROL_URL = "http://127.0.0.1:9004"
@@ -40,6 +40,10 @@ class _Models(msgspec.Struct):
     models: list[ModelStatus]
 
 
+class _Pipelines(msgspec.Struct):
+    pipelines: list[PipelineStatus]
+
+
 class _Servers(msgspec.Struct):
     servers: list[ServerStatus]
 
@@ -61,7 +65,7 @@ class ControlClient:
         url = self.base_url + path
         headers = {
             "Content-Type": "application/yaml"
-            if method == "POST" and path == "/v1/models"
+            if method == "POST" and path in ("/v1/models", "/v1/pipelines")
             else "application/json"
         }
         req = urllib.request.Request(url, data=body, method=method, headers=headers)
@@ -103,6 +107,22 @@ class ControlClient:
 
     def list_models(self) -> list[ModelStatus]:
         return self._get("/v1/models", _Models).models
+
+    def load_pipelines(self, manifest_yaml: str) -> list[PipelineStatus]:
+        """Load (or reload) the Pipeline docs in this YAML: all of them, or none if one is invalid."""
+        data = self.request("POST", "/v1/pipelines", manifest_yaml.encode())
+        return msgspec.json.decode(data, type=_Pipelines).pipelines
+
+    def unload_pipeline(self, name: str) -> PipelineStatus:
+        return msgspec.json.decode(
+            self.request("DELETE", f"/v1/pipelines/{quote(name, safe='')}"), type=PipelineStatus
+        )
+
+    def pipeline_status(self, name: str) -> PipelineStatus:
+        return self._get(f"/v1/pipelines/{quote(name, safe='')}", PipelineStatus)
+
+    def list_pipelines(self) -> list[PipelineStatus]:
+        return self._get("/v1/pipelines", _Pipelines).pipelines
 
     def list_servers(self) -> list[ServerStatus]:
         return self._get("/v1/servers", _Servers).servers

@@ -1,4 +1,4 @@
-"""The scheduler child: open the store, restore state, load settings.load_files, serve until SIGTERM."""
+"""The scheduler child: restore state, load settings.load_files, manage Kafka topics, serve until SIGTERM."""
 
 from __future__ import annotations
 
@@ -17,9 +17,12 @@ from headrace.config.manifests import (
     servers_from_settings,
 )
 from headrace.config.settings import Settings
+from headrace.engine.kafka.admin import TopicAdmin
 from headrace.engine.scheduler.api import ControlApi, ControlServer
 from headrace.engine.scheduler.state import SchedulerState
 from headrace.engine.scheduler.store import Store
+from headrace.engine.scheduler.topic_manager import TopicManager
+from headrace.engine.topics import Topics
 
 log = logging.getLogger("headrace.scheduler")
 
@@ -41,6 +44,7 @@ def run(settings: Settings, stop: threading.Event | None = None) -> None:
     try:
         servers = servers_from_settings(settings)
         to_load = _models_to_load(settings)
+        topics = Topics(settings.topic_prefix, settings.namespace)
     except ConfigError as exc:
         log.error("%s", exc.message)
         sys.exit(2)
@@ -60,7 +64,10 @@ def run(settings: Settings, stop: threading.Event | None = None) -> None:
         store,
         lambda server, index: replica_socket(settings, server, index),
         settings.server_memory_bytes,
+        topics=topics,
+        pipeline_timeout_s=settings.pipeline_timeout_s,
     )
+    topic_manager = TopicManager(state, TopicAdmin(settings), stop)
     try:
         if to_load:
             state.load(to_load)
@@ -71,6 +78,7 @@ def run(settings: Settings, stop: threading.Event | None = None) -> None:
             sys.exit(1)
         thread = threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.2}, daemon=True)
         thread.start()
+        topic_manager.start()
         log.info("scheduler listening on %s (state in %s)", settings.control_url, store.path)
         while not stop.wait(0.5):
             pass
@@ -81,4 +89,5 @@ def run(settings: Settings, stop: threading.Event | None = None) -> None:
         thread.join(5)
     finally:
         state.close()
+        topic_manager.join(5)
         store.close()

@@ -39,6 +39,8 @@ class Worker:
     last_seen: float = 0.0
     routes_version: int = 0
     inline: dict[str, LoadedModel] = field(default_factory=dict)
+    pipelines: dict[str, int] = field(default_factory=dict)  # name -> version it runs
+    pipeline_errors: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass

@@ -1,4 +1,4 @@
-"""Scheduler state: models, servers and reports in memory, turned into status, desired sets and routes."""
+"""Scheduler state: models, pipelines, servers and reports in memory, made into status and routes."""
 
 from __future__ import annotations
 
@@ -9,11 +9,16 @@ from collections.abc import Callable, Iterable
 
 from headrace.config.errors import ErrorKind, HeadraceError, NotFoundError
 from headrace.config.manifests import ModelManifest, ServerManifest
+from headrace.config.pipelines import PipelineManifest
 from headrace.engine.scheduler import status as st
+from headrace.engine.scheduler.pipeline_views import PipelineViews
+from headrace.engine.scheduler.pipelines import Pipeline, model_owner, parse_stored, pipeline_owner
 from headrace.engine.scheduler.placement import ModelRequest, ReplicaView, ServerView, place
 from headrace.engine.scheduler.records import Model, Replica, Server, Worker, is_placed, make_spec
-from headrace.engine.scheduler.store import ModelRow, Store, StoredPlacement
+from headrace.engine.scheduler.store import ModelRow, PipelineRow, Store, StoredPlacement
+from headrace.engine.scheduler.topic_plan import TopicBook, TopicPlan
 from headrace.engine.scheduler.views import STALE_S, Views
+from headrace.engine.topics import Topics
 from headrace.gateway.control import (
     ModelSpec,
     RoutingTable,
@@ -25,6 +30,7 @@ from headrace.gateway.control import (
 log = logging.getLogger("headrace.scheduler")
 
 SYNC_TIMEOUT_S = 5.0  # after a restart, wait this long at most for every replica to report
+DEFAULT_PIPELINE_TIMEOUT_S = 60.0
 
 
 class SchedulerState:
@@ -37,6 +43,9 @@ class SchedulerState:
         socket_for: Callable[[str, int], str],
         capacity: int,
         clock: Callable[[], float] = time.monotonic,
+        *,
+        topics: Topics | None = None,
+        pipeline_timeout_s: float = DEFAULT_PIPELINE_TIMEOUT_S,
     ) -> None:
         self._store = store
         self._clock = clock
@@ -53,6 +62,11 @@ class SchedulerState:
         self.models: dict[str, Model] = {}
         self.workers: dict[int, Worker] = {}
         self.views = Views(self.models, self.servers, self.workers, clock)
+        self.pipelines: dict[str, Pipeline] = {}
+        self.topic_book = TopicBook(topics or Topics(), store)
+        self.pipeline_views = PipelineViews(
+            self.views, self.workers, self.topic_book.topics, self.topic_book.view, pipeline_timeout_s, clock
+        )
         self._routes = RoutingTable(version=self._bump())
         self._started = clock()
         for row in store.models():
@@ -60,7 +74,14 @@ class SchedulerState:
             model = Model(row.manifest, row.generation, row.updated_at, spec, error)
             model.server, model.replicas = row.placement.server, tuple(row.placement.replicas)
             self.models[model.name] = model
-        self._synced = not self.models
+        for prow in store.pipelines():
+            try:
+                pmanifest = parse_stored(prow.manifest)
+            except HeadraceError as exc:
+                log.error("stored pipeline %s cannot be read, skipping it: %s", prow.name, exc.message)
+                continue
+            self.pipelines[prow.name] = Pipeline(pmanifest, prow.manifest, prow.version, prow.updated_at)
+        self._synced = not self.models and not self.pipelines
         with self._cond:
             self._schedule()
             self._publish()
@@ -87,9 +108,13 @@ class SchedulerState:
 
     @property
     def synced(self) -> bool:
-        """False after a restart until every replica reported (or SYNC_TIMEOUT_S passed)."""
+        """False after a restart until every replica reported and the topic manager looked at the
+        broker once, so restored routes do not flap to not-ready (or until SYNC_TIMEOUT_S passed)."""
         if not self._synced and (
-            all(r.last_seen is not None for r in self._replicas())
+            (
+                all(r.last_seen is not None for r in self._replicas())
+                and (self.topic_book.looked or not self.pipelines)
+            )
             or self._clock() - self._started >= SYNC_TIMEOUT_S
         ):
             self._synced = True
@@ -154,6 +179,11 @@ class SchedulerState:
             del self.workers[index]  # gone (fewer workers after a restart): stop counting it
         for name in [n for n, m in self.models.items() if m.terminating and not self.views.holders(n)]:
             del self.models[name]
+        for name in [
+            n for n, p in self.pipelines.items() if p.terminating and not self.pipeline_views.holders(n)
+        ]:
+            del self.pipelines[name]
+            log.info("pipeline %s: %s", name, st.PIPELINE_TERMINATED)
         wanted: dict[tuple[str, int], list[ModelSpec]] = {}
         for model in sorted(self.models.values(), key=lambda m: m.name):
             if is_placed(model) and model.spec is not None:
@@ -165,8 +195,14 @@ class SchedulerState:
                 replica.desired = ServerDesired(version=self._bump(), models=specs)
         routes = {m.name: self.views.route(m) for m in sorted(self.models.values(), key=lambda m: m.name)}
         routes = {name: route for name, route in routes.items() if not self.models[name].terminating}
-        if routes != self._routes.models:
-            self._routes = RoutingTable(version=self._bump(), models=routes)
+        pipelines = {
+            name: self.pipeline_views.route(p)
+            for name, p in sorted(self.pipelines.items())
+            if not p.terminating
+        }
+        if routes != self._routes.models or pipelines != self._routes.pipelines:
+            self._routes = RoutingTable(version=self._bump(), models=routes, pipelines=pipelines)
+        self.topic_book.replan(self.models, self.pipelines)
         self._cond.notify_all()
 
     # --------------------------------------------------------------------------------- commands
@@ -195,6 +231,7 @@ class SchedulerState:
                 model = Model(row.manifest, row.generation, row.updated_at, spec, error)
                 model.server, model.replicas = row.placement.server, tuple(row.placement.replicas)
                 self.models[model.name] = model
+                self.topic_book.spare(model_owner(model.name))
                 log.info(
                     "model %s: generation %d%s", model.name, model.generation, f": {error}" * bool(error)
                 )
@@ -217,6 +254,8 @@ class SchedulerState:
                 raise NotFoundError(f"model {name} not found")
             self._store.delete_model(name)
             model.terminating = True
+            if model.manifest.clean_topics_on_delete:
+                self.topic_book.doom(model_owner(name))
             log.info("model %s: unloading", name)
             self._schedule()
             status = self.views.model_status(model)
@@ -244,8 +283,101 @@ class SchedulerState:
             worker = self.workers.setdefault(report.index, Worker(report.index))
             worker.pid, worker.routes_version = report.pid, report.routes_version
             worker.inline = {m.name: m for m in report.inline}
+            worker.pipelines = dict(report.pipelines)
+            worker.pipeline_errors = {n: e for n, e in report.pipeline_errors.items() if e}
             worker.last_seen = self._clock()
             self._publish()
+
+    def load_pipelines(self, docs: Iterable[tuple[PipelineManifest, str]]) -> list[st.PipelineStatus]:
+        """Load or reload pipelines (manifest, its YAML document); identical ones are a no-op, a changed
+        spec bumps the version, labels or annotations alone keep it."""
+        docs = list(docs)
+        with self._cond:
+            self._check_open()
+            rows: list[PipelineRow] = []
+            for manifest, text in docs:
+                current = self.pipelines.get(manifest.name)
+                same = current is not None and not current.terminating
+                if same and current is not None and current.manifest.spec_key() == manifest.spec_key():
+                    if current.text != text:  # labels or annotations only: same version
+                        rows.append(_pipeline_row(manifest, text, current.version))
+                    continue
+                version = self._store.next_pipeline_version(manifest.name)
+                rows.append(_pipeline_row(manifest, text, version))
+            self._store.put_pipelines(rows)
+            manifests = {m.name: m for m, _ in docs}
+            for row in rows:
+                current = self.pipelines.get(row.name)
+                if current is not None and current.version == row.version:
+                    current.manifest, current.text = manifests[row.name], row.manifest
+                    current.updated_at = row.updated_at
+                    continue
+                self.pipelines[row.name] = Pipeline(
+                    manifests[row.name], row.manifest, row.version, row.updated_at
+                )
+                self.topic_book.spare(pipeline_owner(row.name))
+                log.info("pipeline %s: version %d", row.name, row.version)
+            if rows:
+                self._publish()
+            return [self.pipeline_views.status(self.pipelines[m.name]) for m, _ in docs]
+
+    def unload_pipeline(self, name: str) -> st.PipelineStatus:
+        """The route goes at once; Terminating until no live worker runs it, then Terminated (gone)."""
+        with self._cond:
+            self._check_open()
+            pipeline = self.pipelines.get(name)
+            if pipeline is None or pipeline.terminating:
+                raise NotFoundError(f"pipeline {name} not found")
+            self._store.delete_pipeline(name)
+            pipeline.terminating = True
+            if pipeline.manifest.clean_topics_on_delete:
+                self.topic_book.doom(pipeline_owner(name))
+            log.info("pipeline %s: unloading", name)
+            status = self.pipeline_views.status(pipeline)
+            self._publish()
+            return status
+
+    def pipeline_status(self, name: str) -> st.PipelineStatus:
+        with self._cond:
+            pipeline = self.pipelines.get(name)
+            if pipeline is None:
+                raise NotFoundError(f"pipeline {name} not found")
+            return self.pipeline_views.status(pipeline)
+
+    def pipeline_statuses(self) -> list[st.PipelineStatus]:
+        with self._cond:
+            return [self.pipeline_views.status(p) for _, p in sorted(self.pipelines.items())]
+
+    # ----------------------------------------------------------------------------- topic manager
+
+    def topic_plan(self) -> TopicPlan:
+        with self._cond:
+            return self.topic_book.plan
+
+    def wait_topic_plan(self, after: int, timeout: float) -> TopicPlan:
+        """The plan once its version differs from ``after``, or at the timeout (or on close)."""
+        deadline = time.monotonic() + max(0.0, timeout)
+        with self._cond:
+            while True:
+                remaining = deadline - time.monotonic()
+                if self._closed or self.topic_book.plan.version != after or remaining <= 0:
+                    return self.topic_book.plan
+                self._cond.wait(remaining)
+
+    def topics_synced(
+        self, existing: Iterable[str] | None, deleted: Iterable[str] = (), error: str = ""
+    ) -> None:
+        """The topic manager's findings: desired topics that exist (None: unknown), deleted ones, an error."""
+        with self._cond:
+            if self._closed:  # the store may be closing: the next start looks again
+                return
+            first = not self.topic_book.looked
+            if self.topic_book.synced(existing, deleted, error) or first:
+                self._publish()  # the first look also ends the restart sync (wakes route polls)
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
 
     def close(self) -> None:
         with self._cond:
@@ -309,3 +441,7 @@ class SchedulerState:
     def server_statuses(self) -> list[st.ServerStatus]:
         with self._cond:
             return [self.views.server_status(s) for s in self.servers.values()]
+
+
+def _pipeline_row(manifest: PipelineManifest, text: str, version: int) -> PipelineRow:
+    return PipelineRow(name=manifest.name, manifest=text, version=version, updated_at=time.time())

@@ -77,3 +77,45 @@ class ServerStatus(msgspec.Struct, frozen=True, kw_only=True, rename="camel"):
     capabilities: list[str] = []
     loaded_models: int = 0
     replica_status: list[ReplicaStatus] = []
+
+
+# Pipeline states and conditions, as Seldon names them.
+PIPELINE_CREATING = "PipelineCreating"
+PIPELINE_READY = "PipelineReady"
+PIPELINE_FAILED = "PipelineFailed"
+PIPELINE_TERMINATING = "PipelineTerminating"
+PIPELINE_TERMINATED = "PipelineTerminated"
+MODELS_READY = "ModelsReady"
+PIPELINE_GW_READY = "PipelineGwReady"
+READY = "Ready"
+
+
+class PipelineTopic(msgspec.Struct, frozen=True, kw_only=True, rename="camel"):
+    name: str
+    exists: bool = False
+
+
+class PipelineWorker(msgspec.Struct, frozen=True, kw_only=True, rename="camel"):
+    """What one worker (dataflow engine and pipeline gateway at once) says about the pipeline."""
+
+    index: int
+    version: int = 0  # the version it runs, 0 for none
+    error: str = ""
+
+
+class PipelineStatus(msgspec.Struct, frozen=True, kw_only=True, rename="camel"):
+    name: str
+    state: str
+    reason: str = ""
+    version: int = 0
+    steps: list[str] = []
+    input_topic: str = ""
+    output_topic: str = ""
+    topics: list[PipelineTopic] = []  # every topic it reads or writes
+    timeout_s: float = 0.0
+    conditions: list[Condition] = []
+    workers: list[PipelineWorker] = []
+    updated_at: float = 0.0
+
+    def condition(self, type_: str) -> Condition | None:
+        return next((c for c in self.conditions if c.type == type_), None)

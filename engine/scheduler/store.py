@@ -1,4 +1,4 @@
-"""Durable scheduler state: loaded model manifests, generations and placements in SQLite (WAL)."""
+"""Durable scheduler state in SQLite (WAL): models, pipelines, their generations/versions, topic deletes."""
 
 from __future__ import annotations
 
@@ -28,6 +28,22 @@ CREATE TABLE IF NOT EXISTS generations (
     name TEXT PRIMARY KEY,
     generation INTEGER NOT NULL
 );
+-- Pipelines: the manifest is that pipeline's YAML document, as workers receive it.
+CREATE TABLE IF NOT EXISTS pipelines (
+    name TEXT PRIMARY KEY,
+    manifest TEXT NOT NULL,
+    version INTEGER NOT NULL,
+    updated_at REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS pipeline_versions (
+    name TEXT PRIMARY KEY,
+    version INTEGER NOT NULL
+);
+-- Topics to delete once their owner ("model:<name>" or "pipeline:<name>") is gone (cleanTopicsOnDelete).
+CREATE TABLE IF NOT EXISTS topic_deletes (
+    topic TEXT PRIMARY KEY,
+    owner TEXT NOT NULL
+);
 """
 
 
@@ -41,6 +57,13 @@ class ModelRow(msgspec.Struct, frozen=True, kw_only=True):
     generation: int
     updated_at: float
     placement: StoredPlacement = StoredPlacement()
+
+
+class PipelineRow(msgspec.Struct, frozen=True, kw_only=True):
+    name: str
+    manifest: str  # YAML
+    version: int
+    updated_at: float
 
 
 class Store:
@@ -125,6 +148,63 @@ class Store:
     def delete_model(self, name: str) -> bool:
         with self._tx() as db:
             return db.execute("DELETE FROM models WHERE name = ?", (name,)).rowcount > 0
+
+    # ------------------------------------------------------------------------------- pipelines
+
+    def pipelines(self) -> list[PipelineRow]:
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT name, manifest, version, updated_at FROM pipelines ORDER BY name"
+            ).fetchall()
+        return [PipelineRow(name=n, manifest=m, version=v, updated_at=u) for n, m, v, u in rows]
+
+    def next_pipeline_version(self, name: str) -> int:
+        with self._lock:
+            row = self._db.execute("SELECT version FROM pipeline_versions WHERE name = ?", (name,)).fetchone()
+        return (int(row[0]) if row else 0) + 1
+
+    def put_pipelines(self, rows: list[PipelineRow]) -> None:
+        """Insert or replace these pipelines in one transaction."""
+        if not rows:
+            return
+        with self._tx() as db:
+            for row in rows:
+                db.execute(
+                    "INSERT OR REPLACE INTO pipelines (name, manifest, version, updated_at) "
+                    "VALUES (?, ?, ?, ?)",
+                    (row.name, row.manifest, row.version, row.updated_at),
+                )
+                db.execute(
+                    "INSERT INTO pipeline_versions (name, version) VALUES (?, ?) "
+                    "ON CONFLICT(name) DO UPDATE SET version = max(version, excluded.version)",
+                    (row.name, row.version),
+                )
+
+    def delete_pipeline(self, name: str) -> bool:
+        with self._tx() as db:
+            return db.execute("DELETE FROM pipelines WHERE name = ?", (name,)).rowcount > 0
+
+    # ---------------------------------------------------------------------------- topic deletes
+
+    def topic_deletes(self) -> dict[str, str]:
+        """Topic -> owner, for topics still to delete."""
+        with self._lock:
+            rows = self._db.execute("SELECT topic, owner FROM topic_deletes ORDER BY topic").fetchall()
+        return {str(topic): str(owner) for topic, owner in rows}
+
+    def add_topic_deletes(self, topics: dict[str, str]) -> None:
+        if not topics:
+            return
+        with self._tx() as db:
+            db.executemany(
+                "INSERT OR REPLACE INTO topic_deletes (topic, owner) VALUES (?, ?)", sorted(topics.items())
+            )
+
+    def remove_topic_deletes(self, topics: set[str]) -> None:
+        if not topics:
+            return
+        with self._tx() as db:
+            db.executemany("DELETE FROM topic_deletes WHERE topic = ?", [(t,) for t in sorted(topics)])
 
     def close(self) -> None:
         with self._lock:

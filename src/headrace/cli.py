@@ -62,10 +62,11 @@ def serve(
 
 def _register_control_commands() -> None:
     try:
-        from headrace.control_cli import model, server
+        from headrace.control_cli import model, pipeline, server
     except ImportError:  # pragma: no cover - during development only
         return
     cli.add_command(model)
+    cli.add_command(pipeline)
     cli.add_command(server)
 
 

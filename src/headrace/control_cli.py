@@ -1,4 +1,4 @@
-"""`headrace model ...` and `headrace server ...`: Seldon-style control commands over the control API."""
+"""`headrace model|pipeline|server ...`: Seldon-style control commands over the control API."""
 
 from __future__ import annotations
 
@@ -24,10 +24,11 @@ from headrace.config.manifests import (
     parse_manifests,
     resolve_storage_uri,
 )
+from headrace.config.pipelines import parse_pipelines
 from headrace.engine.scheduler import status as st
 from headrace.engine.scheduler.client import DEFAULT_CONTROL_URL, ControlClient, ControlError
 
-__all__ = ["ControlClient", "ControlError", "model", "server"]
+__all__ = ["ControlClient", "ControlError", "model", "pipeline", "server"]
 
 F = TypeVar("F", bound=Callable[..., Any])
 WAITABLE = {st.MODEL_READY, st.AVAILABLE, st.PROGRESSING, st.FAILED, st.SCHEDULE_FAILED, st.TERMINATED}
@@ -257,6 +258,18 @@ def model_infer(
     headers: tuple[str, ...],
 ) -> None:
     """POST an Open Inference Protocol request to /v2/models/NAME/infer and print the response."""
+    _infer(name, payload, payload_file, inference_host, iterations, headers, {})
+
+
+def _infer(
+    name: str,
+    payload: str | None,
+    payload_file: Any,
+    inference_host: str,
+    iterations: int,
+    headers: tuple[str, ...],
+    fixed: dict[str, str],
+) -> None:
     body = payload_file.read() if payload_file is not None else (payload or "").encode()
     if not body:
         raise click.UsageError("give the request JSON as an argument or with -f FILE")
@@ -266,7 +279,7 @@ def model_infer(
         raise click.BadParameter(f"not JSON: {exc}", param_hint="PAYLOAD") from None
     host = inference_host if "://" in inference_host else f"http://{inference_host}"
     url = f"{host.rstrip('/')}/v2/models/{name}/infer"
-    extra = dict(h.split("=", 1) for h in headers if "=" in h)
+    extra = {**dict(h.split("=", 1) for h in headers if "=" in h), **fixed}
     start = time.perf_counter()
     for _ in range(max(1, iterations)):
         code, data = _post(url, body, {"Content-Type": "application/json", **extra})
@@ -290,6 +303,187 @@ def _post(url: str, body: bytes, headers: dict[str, str]) -> tuple[int, bytes]:
         return exc.code, exc.read()
     except (urllib.error.URLError, OSError) as exc:
         raise click.ClickException(f"cannot reach {url}: {getattr(exc, 'reason', exc)}") from None
+
+
+# ------------------------------------------------------------------------------- pipeline group
+
+PIPELINE_STATES = {
+    st.PIPELINE_CREATING,
+    st.PIPELINE_READY,
+    st.PIPELINE_FAILED,
+    st.PIPELINE_TERMINATING,
+    st.PIPELINE_TERMINATED,
+}
+PIPELINE_WAITABLE = PIPELINE_STATES | {st.MODELS_READY, st.PIPELINE_GW_READY, st.READY}
+
+
+@click.group()
+def pipeline() -> None:
+    """Load, unload, inspect and call pipelines (Seldon Pipeline manifests)."""
+
+
+def _read_pipelines(paths: tuple[str, ...]) -> tuple[str, list[str]]:
+    """The YAML to send (every file's documents) and the pipeline names in it; errors name the file."""
+    texts: list[str] = []
+    names: list[str] = []
+    for path in manifest_files(paths):
+        text = path.read_text(encoding="utf-8")
+        try:
+            names.extend(p.name for p in parse_pipelines(text))
+        except ConfigError as exc:
+            raise ConfigError(f"{path}: {exc.message}") from None
+        texts.append(text)
+    if not names:
+        raise ConfigError("no Pipeline manifests found in " + ", ".join(paths))
+    return "\n---\n".join(texts), names
+
+
+def _pipeline_ready(status: st.PipelineStatus) -> str:
+    cond = status.condition(st.READY)
+    return cond.status if cond else "False"
+
+
+def _pipelines_table(statuses: list[st.PipelineStatus]) -> None:
+    table = Table("NAME", "STATE", "READY", "VERSION", "STEPS", "REASON", box=None)
+    for s in statuses:
+        steps = ", ".join(s.steps)
+        table.add_row(s.name, s.state, _pipeline_ready(s), str(s.version), steps, s.reason)
+    _console().print(table)
+
+
+def _pipeline_detail(s: st.PipelineStatus) -> None:
+    console = _console()
+    _pipelines_table([s])
+    console.print(f"inputs: {s.input_topic}  outputs: {s.output_topic}  timeout: {s.timeout_s:g}s")
+    for c in s.conditions:
+        console.print(f"condition {c.type}={c.status} reason={c.reason} message={c.message}")
+    missing = [t.name for t in s.topics if not t.exists]
+    if missing:
+        console.print(f"missing topics: {', '.join(missing)}")
+    if s.workers:
+        table = Table("WORKER", "VERSION", "ERROR", box=None)
+        for w in s.workers:
+            table.add_row(str(w.index), str(w.version or "-"), w.error)
+        console.print(table)
+
+
+def _show_pipelines(statuses: list[st.PipelineStatus], output: str) -> None:
+    if output == "json":
+        _echo_json({"pipelines": statuses})
+    else:
+        _pipelines_table(statuses)
+
+
+@pipeline.command("load")
+@click.option("-f", "--file", "files", multiple=True, required=True, help="Pipeline YAML file or directory.")
+@control_option
+@output_option
+def pipeline_load(files: tuple[str, ...], control: str, output: str) -> None:
+    """Load (or reload) the pipelines in Seldon Pipeline manifests: all of them, or none."""
+    text, _ = _call(lambda: _read_pipelines(files))
+    _show_pipelines(_call(lambda: ControlClient(control).load_pipelines(text)), output)
+
+
+@pipeline.command("unload")
+@click.argument("names", nargs=-1)
+@click.option("-f", "--file", "files", multiple=True, help="Unload the pipelines named in this manifest.")
+@control_option
+@output_option
+def pipeline_unload(names: tuple[str, ...], files: tuple[str, ...], control: str, output: str) -> None:
+    """Unload pipelines by name (or those in a manifest)."""
+    wanted = list(names)
+    if files:
+        wanted += _call(lambda: _read_pipelines(files))[1]
+    if not wanted:
+        raise click.UsageError("give a pipeline NAME or -f FILE")
+    client = ControlClient(control)
+    statuses: list[st.PipelineStatus] = []
+    for name in wanted:
+        try:
+            statuses.append(client.unload_pipeline(name))
+        except ControlError as exc:
+            raise click.ClickException(exc.message) from None
+    _show_pipelines(statuses, output)
+
+
+def _pipeline_met(status: st.PipelineStatus, wanted: str) -> bool:
+    if wanted in PIPELINE_STATES:  # PipelineReady is a state (as `seldon pipeline status -w`) first
+        return status.state == wanted
+    cond = status.condition(wanted)
+    return cond is not None and cond.status == "True"
+
+
+@pipeline.command("status")
+@click.argument("name")
+@click.option("-w", "--wait", "condition", help="Wait for a state (PipelineReady) or condition (Ready).")
+@click.option("--timeout", type=float, default=60.0, show_default=True, help="Seconds to wait with -w.")
+@control_option
+@output_option
+def pipeline_status(name: str, condition: str | None, timeout: float, control: str, output: str) -> None:
+    """Show a pipeline's status; with -w wait for a state or condition to hold."""
+    if condition is not None and condition not in PIPELINE_WAITABLE:
+        raise click.BadParameter(f"expected one of {', '.join(sorted(PIPELINE_WAITABLE))}", param_hint="-w")
+    client = ControlClient(control)
+    deadline = time.monotonic() + timeout
+    status: st.PipelineStatus | None = None
+    error = ""
+    while True:
+        try:
+            status = client.pipeline_status(name)
+        except ControlError as exc:
+            if exc.status == 404 and condition == st.PIPELINE_TERMINATED:
+                click.echo(f"pipeline {name}: {st.PIPELINE_TERMINATED}")
+                return
+            if condition is None or exc.status != 0:
+                raise click.ClickException(exc.message) from None
+            error = exc.message  # the scheduler may be restarting: keep trying until the timeout
+        else:
+            if condition is None or _pipeline_met(status, condition):
+                break
+        if time.monotonic() >= deadline:
+            if status is not None:
+                _show_pipeline(status, output)
+            suffix = f" ({error})" if error else ""
+            raise click.ClickException(f"timed out after {timeout:g}s waiting for {name} {condition}{suffix}")
+        time.sleep(0.1)
+    _show_pipeline(status, output)
+
+
+def _show_pipeline(status: st.PipelineStatus, output: str) -> None:
+    if output == "json":
+        _echo_json(status)
+    else:
+        _pipeline_detail(status)
+
+
+@pipeline.command("list")
+@control_option
+@output_option
+def pipeline_list(control: str, output: str) -> None:
+    """List pipelines and their states."""
+    _show_pipelines(_call(lambda: ControlClient(control).list_pipelines()), output)
+
+
+@pipeline.command("infer")
+@click.argument("name")
+@click.argument("payload", required=False)
+@click.option(
+    "-f", "--file", "payload_file", type=click.File("rb"), help="Read the request JSON from a file."
+)
+@click.option("--inference-host", default="127.0.0.1:9000", show_default=True, help="REST host:port.")
+@click.option("-i", "--iterations", type=int, default=1, show_default=True, help="Send the request N times.")
+@click.option("--header", "headers", multiple=True, help="Extra request header k=v.")
+def pipeline_infer(
+    name: str,
+    payload: str | None,
+    payload_file: Any,
+    inference_host: str,
+    iterations: int,
+    headers: tuple[str, ...],
+) -> None:
+    """POST a request to /v2/models/NAME/infer with Seldon-Model: NAME.pipeline and print the response."""
+    fixed = {"Seldon-Model": f"{name}.pipeline"}
+    _infer(name, payload, payload_file, inference_host, iterations, headers, fixed)
 
 
 # --------------------------------------------------------------------------------- server group
@@ -347,5 +541,5 @@ def server_status(name: str, control: str, output: str) -> None:
 
 
 if __name__ == "__main__":  # python -m headrace.control_cli model ...
-    cli = click.Group(commands={"model": model, "server": server})
+    cli = click.Group(commands={"model": model, "pipeline": pipeline, "server": server})
     sys.exit(cli.main())

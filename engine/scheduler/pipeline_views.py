@@ -1,0 +1,182 @@
+"""Pipeline status (Seldon states and conditions) and routes, from models, topics and worker reports."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from headrace.engine.scheduler import status as st
+from headrace.engine.scheduler.pipelines import Pipeline, pipeline_topics
+from headrace.engine.scheduler.records import Worker
+from headrace.engine.scheduler.views import STALE_S, Views
+from headrace.engine.topics import Topics
+from headrace.gateway.control import PipelineRoute
+
+WAITING_FOR_TOPICS = "waiting for Kafka topics"
+
+
+@dataclass
+class TopicsView:
+    """The desired topics the topic manager saw on the broker, and why it could not look (if so)."""
+
+    ready: set[str]
+    error: str = ""
+
+
+@dataclass(frozen=True)
+class _Facts:
+    """Everything the status and the route of one pipeline are made of."""
+
+    models: list[tuple[str, str]]  # (step model, why it is not ready); empty when all are
+    topics: list[st.PipelineTopic]
+    live: list[Worker]
+    running: int  # live workers running this version
+    errors: list[tuple[int, str]]
+
+    @property
+    def models_ok(self) -> bool:
+        return not self.models
+
+    @property
+    def topics_ok(self) -> bool:
+        return all(t.exists for t in self.topics)
+
+    @property
+    def workers_ok(self) -> bool:
+        return bool(self.live) and self.running == len(self.live) and not self.errors
+
+
+class PipelineViews:
+    """Computes pipeline status and routes; the caller holds the state lock."""
+
+    def __init__(
+        self,
+        models: Views,
+        workers: dict[int, Worker],
+        topics: Topics,
+        topics_view: TopicsView,
+        default_timeout_s: float,
+        clock: Callable[[], float],
+    ) -> None:
+        self.views = models
+        self.workers = workers
+        self.topics = topics
+        self.topics_view = topics_view
+        self.default_timeout_s = default_timeout_s
+        self._clock = clock
+
+    def live_workers(self) -> list[Worker]:
+        now = self._clock()
+        return [w for _, w in sorted(self.workers.items()) if now - w.last_seen < STALE_S]
+
+    def holders(self, name: str) -> int:
+        """Live workers still running some version of this pipeline (terminating waits for them)."""
+        return sum(1 for w in self.live_workers() if name in w.pipelines)
+
+    def timeout_s(self, pipeline: Pipeline) -> float:
+        return pipeline.manifest.timeout_s or self.default_timeout_s
+
+    def _facts(self, p: Pipeline) -> _Facts:
+        models: list[tuple[str, str]] = []
+        for step in p.manifest.steps:
+            model = self.views.models.get(step.name)
+            if model is None or model.terminating:
+                models.append((step.name, "not loaded"))
+                continue
+            status = self.views.model_status(model)
+            if status.state != st.AVAILABLE:
+                models.append((step.name, f"{status.state}: {status.reason}".rstrip(": ")))
+        ready = self.topics_view.ready
+        names = pipeline_topics(p.manifest, self.topics)
+        topics = [st.PipelineTopic(name=t, exists=t in ready) for t in names]
+        live = self.live_workers()
+        running = sum(1 for w in live if w.pipelines.get(p.name) == p.version)
+        errors = [(w.index, w.pipeline_errors[p.name]) for w in live if w.pipeline_errors.get(p.name)]
+        return _Facts(models, topics, live, running, errors)
+
+    def _state(self, p: Pipeline, f: _Facts) -> tuple[str, str]:
+        if p.terminating:
+            holders = self.holders(p.name)
+            if holders:
+                return st.PIPELINE_TERMINATING, f"waiting for {holders} workers to stop it"
+            return st.PIPELINE_TERMINATED, ""
+        if f.errors:
+            index, error = f.errors[0]
+            more = f" (and {len(f.errors) - 1} more workers)" if len(f.errors) > 1 else ""
+            return st.PIPELINE_FAILED, f"worker {index}: {error}{more}"
+        if not f.models_ok:
+            return st.PIPELINE_CREATING, "waiting for models: " + ", ".join(m for m, _ in f.models)
+        if not f.topics_ok:
+            return st.PIPELINE_CREATING, self._waiting_for_topics()
+        if not f.live:
+            return st.PIPELINE_CREATING, "waiting for a worker to report"
+        if not f.workers_ok:
+            return st.PIPELINE_CREATING, f"{f.running}/{len(f.live)} workers run version {p.version}"
+        return st.PIPELINE_READY, ""
+
+    def _waiting_for_topics(self) -> str:
+        error = self.topics_view.error
+        return WAITING_FOR_TOPICS + (f" ({error})" if error else "")
+
+    def status(self, p: Pipeline) -> st.PipelineStatus:
+        f = self._facts(p)
+        state, reason = self._state(p, f)
+        workers = f"{f.running}/{len(f.live)} workers"
+        if f.models:
+            models_msg = "; ".join(f"{m}: {why}" for m, why in f.models)
+        else:
+            models_msg = f"{len(p.manifest.steps)}/{len(p.manifest.steps)} models available"
+        dataflow_msg = self._waiting_for_topics() if not f.topics_ok else workers
+        if f.errors:
+            dataflow_msg = reason
+        live = not p.terminating
+        dataflow_ok = live and f.topics_ok and f.workers_ok
+        gateway_ok = live and f.workers_ok
+        ready = state == st.PIPELINE_READY
+        conditions = [
+            _condition(st.MODELS_READY, live and f.models_ok, state, models_msg),
+            _condition(st.PIPELINE_READY, dataflow_ok, state, dataflow_msg),
+            _condition(st.PIPELINE_GW_READY, gateway_ok, state, dataflow_msg if f.errors else workers),
+            _condition(st.READY, ready, state, reason or workers),
+        ]
+        workers_rows = [
+            st.PipelineWorker(
+                index=w.index, version=w.pipelines.get(p.name, 0), error=w.pipeline_errors.get(p.name, "")
+            )
+            for w in f.live
+        ]
+        return st.PipelineStatus(
+            name=p.name,
+            state=state,
+            reason=reason,
+            version=p.version,
+            steps=[s.name for s in p.manifest.steps],
+            input_topic=self.topics.pipeline_inputs(p.name),
+            output_topic=self.topics.pipeline_outputs(p.name),
+            topics=f.topics,
+            timeout_s=self.timeout_s(p),
+            conditions=conditions,
+            workers=workers_rows,
+            updated_at=p.updated_at,
+        )
+
+    def route(self, p: Pipeline) -> PipelineRoute:
+        """What workers get: ready once topics exist and models are available (not waiting on workers,
+        so the route changes only when that does, not with every worker that starts the pipeline)."""
+        f = self._facts(p)
+        state, message = self._state(p, f)
+        if state == st.PIPELINE_CREATING and f.models_ok and f.topics_ok:
+            message = f"starting version {p.version} on workers"
+        return PipelineRoute(
+            name=p.name,
+            version=p.version,
+            manifest=p.text,
+            timeout_s=self.timeout_s(p),
+            ready=f.models_ok and f.topics_ok,
+            state=state,
+            message=message,
+        )
+
+
+def _condition(type_: str, ok: bool, reason: str, message: str) -> st.Condition:
+    return st.Condition(type=type_, status=str(ok), reason=reason, message=message)
