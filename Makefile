@@ -5,7 +5,11 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 RUN_ARGS ?=
 
-.PHONY: install run test lint fmt bench clean
+KAFKA_POM := engine/kafka/pom.xml
+KAFKA_LIBS := $(VENV)/kafka-libs
+KAFKA_STAMP := $(KAFKA_LIBS)/.stamp
+
+.PHONY: install run test lint fmt bench clean kafka-jars
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -13,7 +17,15 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install -q -e '.[dev]'
 	touch $(STAMP)
 
-install: $(STAMP)
+install: $(STAMP) $(KAFKA_STAMP)
+
+## The embedded Apache Kafka broker's jars, from Maven Central (found at <venv>/kafka-libs).
+$(KAFKA_STAMP): $(KAFKA_POM)
+	rm -rf $(KAFKA_LIBS)
+	mvn -q -B -f $(KAFKA_POM) dependency:copy-dependencies -DoutputDirectory=$(abspath $(KAFKA_LIBS)) -DincludeScope=runtime
+	touch $(KAFKA_STAMP)
+
+kafka-jars: $(KAFKA_STAMP)
 
 ## Start the server with the sample models (echo, sum) loaded, on 127.0.0.1:9000 (REST) / 9500 (gRPC).
 run: install

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import tomllib
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import msgspec
 
@@ -41,6 +41,31 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     # Model manifests loaded (idempotently) when the scheduler starts.
     load_files: tuple[str, ...] = ()
     log_level: str = "info"
+    # Kafka: an existing cluster's bootstrap servers (default: env KAFKA_BOOTSTRAP_SERVERS); empty: run
+    # an embedded broker as a supervised child, Apache Kafka ("kafka", KRaft) or Tansu ("tansu", no JVM).
+    kafka_bootstrap: str = ""
+    embedded_broker: Literal["kafka", "tansu", "none"] = "kafka"  # none: no Kafka, no pipelines
+    kafka_host: str = "127.0.0.1"
+    kafka_port: int = 9092
+    # The embedded Kafka's KRaft controller listener (loopback); 0: any free port at each start.
+    kafka_controller_port: int = 9093
+    kafka_heap: str = "384m"  # the embedded Kafka's -Xmx
+    kafka_max_message_bytes: int = 100 * MiB
+    # librdkafka properties for every client (SASL/SSL, ...); "producer."/"consumer." prefixed keys
+    # apply to one side only. TOML: a table; env HEADRACE_KAFKA_CONFIG: "k=v,k=v".
+    kafka_config: dict[str, str] = {}
+    # Pipelines: Seldon topic naming <topic_prefix>.<namespace>.model|pipeline.<name>.inputs|outputs
+    topic_prefix: str = "seldon"
+    namespace: str = "default"
+    # Partitions of every topic (one value per installation, as in Seldon); workers own p % W.
+    partitions: int = 8
+    # A synchronous pipeline call not answered by then gets an error (a pipeline may set its own).
+    pipeline_timeout_s: float = 60.0
+    # Model gateway (Seldon's names work as env: MODELGATEWAY_NUM_WORKERS, ...MAX_NUM_CONSUMERS,
+    # ...WORKER_TIMEOUT_MS).
+    modelgateway_num_workers: int = 8
+    modelgateway_max_num_consumers: int = 100
+    modelgateway_worker_timeout_ms: int = 120000
 
     @property
     def worker_count(self) -> int:
@@ -72,9 +97,21 @@ def _coerce_env(name: str, raw: str) -> Any:
             return float(raw)
         if isinstance(default, tuple):
             return tuple(p for p in raw.split(",") if p)
+        if field.default_factory is dict:
+            pairs = [p.split("=", 1) for p in raw.split(",") if p.strip()]
+            return {k.strip(): v.strip() for k, v in pairs}
     except ValueError:
         raise ConfigError(f"HEADRACE_{name.upper()}={raw!r} is not a valid {field.type}") from None
     return raw
+
+
+# Seldon Core 2's environment names, honoured below our own HEADRACE_* names.
+_SELDON_ENV = {
+    "MODELGATEWAY_NUM_WORKERS": "modelgateway_num_workers",
+    "MODELGATEWAY_MAX_NUM_CONSUMERS": "modelgateway_max_num_consumers",
+    "MODELGATEWAY_WORKER_TIMEOUT_MS": "modelgateway_worker_timeout_ms",
+    "KAFKA_DEFAULT_NUM_PARTITIONS": "partitions",
+}
 
 
 def load_settings(
@@ -85,6 +122,11 @@ def load_settings(
     """Merge the layers and validate once; errors name the field and where it came from."""
     env = os.environ if environ is None else environ
     merged: dict[str, Any] = {}
+    if env.get("KAFKA_BOOTSTRAP_SERVERS"):  # Seldon's name, the weakest layer above the default
+        merged["kafka_bootstrap"] = env["KAFKA_BOOTSTRAP_SERVERS"]
+    for seldon_name, field in _SELDON_ENV.items():
+        if env.get(seldon_name):
+            merged[field] = _coerce_env(field, env[seldon_name])
     path = config_file or env.get("HEADRACE_CONFIG")
     if path:
         try:

@@ -50,9 +50,23 @@ class ModelRoute(msgspec.Struct, frozen=True, kw_only=True):
     outputs: list[TensorSpec] = []
 
 
+class PipelineRoute(msgspec.Struct, frozen=True, kw_only=True):
+    """A pipeline as workers run it: they compile the manifest themselves (engine.dataflow)."""
+
+    name: str
+    version: int  # bumped whenever the manifest changes
+    manifest: str  # the Seldon Pipeline YAML document
+    timeout_s: float = 60.0  # a synchronous call not answered by then gets an error
+    # the scheduler's view: topics exist and every step's model is ready
+    ready: bool = False
+    state: str = ""
+    message: str = ""
+
+
 class RoutingTable(msgspec.Struct, frozen=True, kw_only=True):
     version: int = 0
     models: dict[str, ModelRoute] = {}
+    pipelines: dict[str, PipelineRoute] = {}
 
 
 class ServerDesired(msgspec.Struct, frozen=True, kw_only=True):
@@ -84,3 +98,7 @@ class WorkerReport(msgspec.Struct, frozen=True, kw_only=True):
     pid: int
     routes_version: int
     inline: list[LoadedModel] = []
+    # pipeline name -> version this worker runs (its consumer holds the pipeline's topics)
+    pipelines: dict[str, int] = {}
+    # pipeline name -> why this worker could not run it
+    pipeline_errors: dict[str, str] = {}

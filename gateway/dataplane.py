@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable
-from typing import Any
+from collections.abc import Awaitable, Sequence
+from typing import Any, Protocol
 
 from headrace import __version__
 from headrace.config.errors import ErrorKind, HeadraceError, NotFoundError, NotServedError
@@ -19,12 +19,72 @@ CANNOT_SERVE = frozenset({"ModelFailed", "ScheduleFailed", "ModelTerminating", "
 EXTENSIONS = ["binary_tensor_data", "model_repository", "seldon_pipelines"]
 
 
+PIPELINE = "pipeline"
+MODEL = "model"
+
+
+class KafkaPath(Protocol):
+    """The port the Kafka backbone (engine) implements: pipelines, and models through their topics."""
+
+    def pipeline_known(self, name: str) -> bool: ...
+
+    def pipeline_ready(self, name: str) -> bool: ...
+
+    async def call_via_kafka(
+        self, name: str, kind: str, request: InferRequest, headers: Sequence[tuple[str, bytes]]
+    ) -> tuple[InferResponse, str]: ...
+
+
+def parse_target(
+    url_model: str | None, seldon_model: str | None, url_pipeline: str | None = None
+) -> tuple[str, str]:
+    """(kind, name) a call addresses. As in Seldon, the ``seldon-model`` header wins over the URL:
+    ``p.pipeline`` → pipeline p, ``m.model`` → model m through its Kafka topics, ``m`` → model m."""
+    if seldon_model:
+        name, dot, suffix = seldon_model.rpartition(".")
+        if dot and suffix == PIPELINE:
+            return PIPELINE, name
+        if dot and suffix == MODEL:
+            return "kafka-model", name
+        if dot and suffix == "experiment":
+            raise NotFoundError(f"experiment '{name}' not found (experiments are not supported yet)")
+        return MODEL, seldon_model
+    if url_pipeline is not None:
+        return PIPELINE, url_pipeline
+    return MODEL, url_model or ""
+
+
 class DataPlane:
     def __init__(self, registry: ModelRegistry, pool: ServerPool, timeout: float) -> None:
         self.registry = registry
         self.pool = pool
         self.timeout = timeout
         self.draining = False
+        self.kafka: KafkaPath | None = None
+
+    # -- pipelines and the Kafka path -----------------------------------------------------------
+    def _kafka(self) -> KafkaPath:
+        if self.kafka is None:
+            raise HeadraceError("pipelines need Kafka, which this server runs without", ErrorKind.UNAVAILABLE)
+        return self.kafka
+
+    def pipeline_ready(self, name: str) -> bool:
+        kafka = self._kafka()
+        if not kafka.pipeline_known(name):
+            raise NotFoundError(f"pipeline '{name}' not found")
+        return kafka.pipeline_ready(name)
+
+    async def infer_kafka(
+        self, kind: str, name: str, request: InferRequest, headers: Sequence[tuple[str, bytes]]
+    ) -> tuple[InferResponse, str]:
+        """A pipeline call, or a model called through its topics; returns the response and the key."""
+        kafka = self._kafka()
+        if kind == PIPELINE:
+            if not kafka.pipeline_known(name):
+                raise NotFoundError(f"pipeline '{name}' not found")
+            return await kafka.call_via_kafka(name, PIPELINE, request, headers)
+        self.route(name, None)  # unknown model: 404 before touching Kafka
+        return await kafka.call_via_kafka(name, MODEL, request, headers)
 
     # -- health ---------------------------------------------------------------------------------
     def live(self) -> bool:

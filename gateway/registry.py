@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from headrace.gateway.control import LoadedModel, ModelRoute, RoutingTable
@@ -27,11 +28,14 @@ class ModelRegistry:
         self.received = False
         self.inline: dict[str, InlineModel] = {}
         self._changed: asyncio.Future[None] | None = None
+        self.listeners: list[Callable[[RoutingTable], None]] = []
 
     def update(self, table: RoutingTable, inline: dict[str, InlineModel]) -> None:
         self.table = table
         self.inline = inline
         self.received = True
+        for listener in self.listeners:
+            listener(table)
         if self._changed is not None and not self._changed.done():
             self._changed.set_result(None)
         self._changed = None

@@ -9,6 +9,7 @@ import asyncio
 import logging
 import os
 import threading
+from collections.abc import Callable
 from pathlib import Path
 
 import msgspec
@@ -35,6 +36,9 @@ class RouteWatcher:
         self.version = 0
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="routes", daemon=True)
+        # what this worker runs of the pipelines (set by the Kafka node), for the reports
+        self.pipelines: Callable[[], tuple[dict[str, int], dict[str, str]]] | None = None
+        self._reported_pipelines: tuple[dict[str, int], dict[str, str]] = ({}, {})
 
     def start(self) -> None:
         """Call on the event loop: serves the cached table at once, then follows the scheduler."""
@@ -46,6 +50,18 @@ class RouteWatcher:
 
     def stop(self) -> None:
         self._stop.set()
+
+    def wake(self) -> None:
+        """Something worth reporting changed: report now, not after the current long-poll."""
+        threading.Thread(target=self._report_now, name="report", daemon=True).start()
+
+    def _report_now(self) -> None:
+        pipelines = self.pipelines() if self.pipelines is not None else ({}, {})
+        url = f"{self.settings.control_url}/v1/internal/workers/{self.index}/report"
+        try:
+            controlclient.post(url, self._report(pipelines))
+        except controlclient.ControlUnavailableError:
+            pass  # the control thread reports again on its next round
 
     def _read_cache(self) -> RoutingTable | None:
         try:
@@ -72,9 +88,11 @@ class RouteWatcher:
             if table.version != self.version or not self.registry.received:
                 self._apply(table)
                 self._write_cache(table)
-            if reported != self.version or self.inline:
-                controlclient.post(report_url, self._report())
+            pipelines = self.pipelines() if self.pipelines is not None else ({}, {})
+            if reported != self.version or self.inline or pipelines != self._reported_pipelines:
+                controlclient.post(report_url, self._report(pipelines))
                 reported = self.version
+                self._reported_pipelines = pipelines
 
         controlclient.follow(self._stop, step)
 
@@ -103,10 +121,12 @@ class RouteWatcher:
         self.inline = inline
         return inline
 
-    def _report(self) -> WorkerReport:
+    def _report(self, pipelines: tuple[dict[str, int], dict[str, str]]) -> WorkerReport:
         return WorkerReport(
             index=self.index,
             pid=os.getpid(),
             routes_version=self.version,
             inline=[m.state for m in self.inline.values()],
+            pipelines=pipelines[0],
+            pipeline_errors=pipelines[1],
         )

@@ -58,6 +58,9 @@ class Serve:
     grpc_port: int = field(default_factory=free_port)
     control_port: int = field(default_factory=free_port)
     workers: int = 2
+    kafka: bool = False  # run the embedded Apache Kafka (on free ports) for pipelines
+    kafka_port: int = field(default_factory=free_port)
+    kafka_controller_port: int = field(default_factory=free_port)
     extra: list[str] = field(default_factory=list)
     env: dict[str, str] = field(default_factory=dict)
     proc: subprocess.Popen[bytes] | None = None
@@ -71,12 +74,26 @@ class Serve:
         return f"127.0.0.1:{self.grpc_port}"
 
     @property
+    def bootstrap(self) -> str:
+        return f"127.0.0.1:{self.kafka_port}"
+
+    @property
     def control(self) -> str:
         return f"http://127.0.0.1:{self.control_port}"
 
     @property
     def log(self) -> Path:
         return self.data_dir / "serve.log"
+
+    def kafka_args(self) -> list[str]:
+        if not self.kafka:
+            return ["--embedded-broker", "none"]
+        return [
+            "--kafka-port",
+            str(self.kafka_port),
+            "--kafka-controller-port",
+            str(self.kafka_controller_port),
+        ]
 
     def args(self) -> list[str]:
         return [
@@ -88,6 +105,7 @@ class Serve:
             "--data-dir", str(self.data_dir),
             "--workers", str(self.workers),
             "--grace-period-s", "10",
+            *self.kafka_args(),
             *self.extra,
         ]  # fmt: skip
 

@@ -7,7 +7,7 @@ from typing import Any
 import grpc
 
 from headrace.config.errors import HeadraceError
-from headrace.gateway.dataplane import DataPlane
+from headrace.gateway.dataplane import MODEL, PIPELINE, DataPlane, parse_target
 from headrace.gateway.errors import grpc_code
 from headrace.gateway.oip import grpc_codec
 from headrace.gateway.oip.pb import pb2, pb2_grpc
@@ -33,7 +33,11 @@ class InferenceServicer(pb2_grpc.GRPCInferenceServiceServicer):  # type: ignore[
 
     async def ModelReady(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
         try:
-            ready = self.dataplane.model_ready(request.name, request.version or None)
+            kind, name = parse_target(request.name, _seldon_model(_metadata(context)))
+            if kind == PIPELINE:
+                ready = self.dataplane.pipeline_ready(name)
+            else:
+                ready = self.dataplane.model_ready(name, request.version or None)
         except HeadraceError as exc:
             await context.abort(grpc_code(exc.kind), exc.message)
         return pb2.ModelReadyResponse(ready=ready)
@@ -53,6 +57,22 @@ class InferenceServicer(pb2_grpc.GRPCInferenceServiceServicer):  # type: ignore[
         )
 
     async def ModelInfer(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        metadata = _metadata(context)
+        try:
+            kind, name = parse_target(request.model_name, _seldon_model(metadata))
+            if kind != MODEL:
+                request.model_name = name
+                req = grpc_codec.decode_request(request)
+                headers = [
+                    (k, v.encode())
+                    for k, v in metadata.items()
+                    if k.startswith("x-") and k != "x-seldon-route"
+                ]
+                response, key = await self.dataplane.infer_kafka(kind, name, req, headers)
+                await context.send_initial_metadata((("x-request-id", key),))
+                return grpc_codec.encode_response(response, req)
+        except HeadraceError as exc:
+            await context.abort(grpc_code(exc.kind), exc.message)
         try:
             req = grpc_codec.decode_request(request)
             pending = self.dataplane.infer(req)
@@ -65,6 +85,18 @@ class InferenceServicer(pb2_grpc.GRPCInferenceServiceServicer):  # type: ignore[
             await context.abort(grpc_code(exc.kind), exc.message)
         finally:
             result.release()
+
+
+def _metadata(context: grpc.aio.ServicerContext) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for key, value in context.invocation_metadata() or ():
+        if isinstance(value, str):
+            out[key.lower()] = value
+    return out
+
+
+def _seldon_model(metadata: dict[str, str]) -> str | None:
+    return metadata.get("seldon-internal-model") or metadata.get("seldon-model")
 
 
 def make_server(dataplane: DataPlane, address: str, max_message_bytes: int) -> grpc.aio.Server:

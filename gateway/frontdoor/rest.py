@@ -8,7 +8,7 @@ from collections.abc import Awaitable
 import orjson
 
 from headrace.config.errors import HeadraceError, InvalidInputError
-from headrace.gateway.dataplane import DataPlane
+from headrace.gateway.dataplane import MODEL, PIPELINE, DataPlane, parse_target
 from headrace.gateway.errors import http_status
 from headrace.gateway.frontdoor.http import HttpRequest, HttpResponse, error_response
 from headrace.gateway.oip import rest as codec
@@ -22,6 +22,21 @@ _READY = orjson.dumps({"ready": True})
 _NOT_READY = orjson.dumps({"ready": False})
 _BINARY = b"application/octet-stream"
 _HEADER_LENGTH = b"inference-header-content-length"
+_REQUEST_ID = b"x-request-id"
+
+
+def _seldon_model(req: HttpRequest) -> str | None:
+    """Seldon's target header; the internal one (set by Seldon's Envoy) wins, as in its gateway."""
+    return req.headers.get("seldon-internal-model") or req.headers.get("seldon-model")
+
+
+def _passthrough(req: HttpRequest) -> list[tuple[str, bytes]]:
+    """Client ``x-*`` headers travel with the request through every hop (never x-seldon-route)."""
+    return [
+        (name, value.encode("latin-1"))
+        for name, value in req.headers.items()
+        if name.startswith("x-") and name != "x-seldon-route"
+    ]
 
 
 class RestApp:
@@ -40,8 +55,9 @@ class RestApp:
         n = len(parts)
         if n < 2 or parts[1] != "v2":
             return error_response(404, f"no route for {req.method} {req.path}")
-        if n >= 4 and parts[2] == "models":
+        if n >= 4 and parts[2] in ("models", "pipelines"):
             model = parts[3]
+            url_pipeline = model if parts[2] == "pipelines" else None
             version: str | None = None
             rest = parts[4:]
             if len(rest) >= 2 and rest[0] == "versions":
@@ -53,11 +69,15 @@ class RestApp:
             if action == "infer":
                 if req.method != "POST":
                     return error_response(405, "infer takes POST")
-                return self._infer(req, model, version)
+                return self._infer(req, model, version, url_pipeline)
             if req.method not in ("GET", "HEAD"):
                 return error_response(405, f"{req.path} takes GET")
+            kind, name = parse_target(model, _seldon_model(req), url_pipeline)
+            if action == "ready" and kind == PIPELINE:
+                ready = self.dataplane.pipeline_ready(name)
+                return HttpResponse(200 if ready else 503, [_READY if ready else _NOT_READY])
             if action == "ready":
-                ready = self.dataplane.model_ready(model, version)
+                ready = self.dataplane.model_ready(name, version)
                 return HttpResponse(200 if ready else 503, [_READY if ready else _NOT_READY])
             if action == "":
                 return HttpResponse(200, [orjson.dumps(self.dataplane.model_metadata(model, version))])
@@ -75,7 +95,7 @@ class RestApp:
         return error_response(404, f"no route for {req.method} {req.path}")
 
     def _infer(
-        self, req: HttpRequest, model: str, version: str | None
+        self, req: HttpRequest, model: str, version: str | None, url_pipeline: str | None = None
     ) -> HttpResponse | Awaitable[HttpResponse]:
         header_length: int | None = None
         raw_length = req.headers.get("inference-header-content-length")
@@ -86,7 +106,10 @@ class RestApp:
                 raise InvalidInputError(
                     f"Inference-Header-Content-Length must be an integer, got {raw_length!r}"
                 ) from None
-        request = codec.decode_request(req.body, header_length, model, version)
+        kind, name = parse_target(model, _seldon_model(req), url_pipeline)
+        request = codec.decode_request(req.body, header_length, name, version)
+        if kind != MODEL:
+            return self._await_kafka(kind, name, request, _passthrough(req))
         result = self.dataplane.infer(request)
         if isinstance(result, InferResult):
             return self._reply(request, result)
@@ -98,6 +121,21 @@ class RestApp:
         except HeadraceError as exc:
             return error_response(http_status(exc.kind), exc.message)
         return self._reply(request, result)
+
+    async def _await_kafka(
+        self, kind: str, name: str, request: InferRequest, headers: list[tuple[str, bytes]]
+    ) -> HttpResponse:
+        try:
+            response, key = await self.dataplane.infer_kafka(kind, name, request, headers)
+            parts, header_length = codec.encode_response(response, request)
+        except HeadraceError as exc:
+            return error_response(http_status(exc.kind), exc.message)
+        extra = [(_REQUEST_ID, key.encode())]
+        if header_length is None:
+            return HttpResponse(200, parts, headers=extra)
+        return HttpResponse(
+            200, parts, content_type=_BINARY, headers=[(_HEADER_LENGTH, b"%d" % header_length), *extra]
+        )
 
     def _reply(self, request: InferRequest, result: InferResult) -> HttpResponse:
         try:

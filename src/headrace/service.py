@@ -13,7 +13,7 @@ from headrace.supervisor import Child, ProcessSpec, Supervisor, cleanup_child_sh
 
 log = logging.getLogger("headrace.service")
 
-STOP_WORKERS, STOP_SERVERS, STOP_SCHEDULER = 0, 1, 2
+STOP_WORKERS, STOP_SERVERS, STOP_SCHEDULER, STOP_BROKER = 0, 1, 2, 3
 
 
 def _run_worker(settings: Settings, index: int) -> None:
@@ -34,8 +34,17 @@ def _run_scheduler(settings: Settings) -> None:
     run(settings)
 
 
+def _run_broker(settings: Settings) -> None:
+    from headrace.engine.kafka.broker import run_embedded_broker
+
+    run_embedded_broker(settings)
+
+
 def build_specs(settings: Settings) -> list[ProcessSpec]:
     specs = [ProcessSpec("scheduler", functools.partial(_run_scheduler, settings), STOP_SCHEDULER)]
+    if not settings.kafka_bootstrap and settings.embedded_broker != "none":
+        # the broker stops last: workers drain pipeline requests through it
+        specs.append(ProcessSpec("broker", functools.partial(_run_broker, settings), STOP_BROKER))
     for server in servers_from_settings(settings):
         for i in range(server.replicas):
             specs.append(

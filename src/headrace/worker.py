@@ -8,6 +8,7 @@ import signal
 
 from headrace.config.logs import setup_logging
 from headrace.config.settings import Settings
+from headrace.engine.node import DataNode, kafka_enabled
 from headrace.gateway.dataplane import DataPlane
 from headrace.gateway.frontdoor.http import ServerState, serve_http
 from headrace.gateway.frontdoor.rest import RestApp
@@ -26,6 +27,13 @@ async def serve(settings: Settings, index: int) -> None:
     pool = ServerPool(settings, loop, index)
     dataplane = DataPlane(registry, pool, settings.model_timeout_s)
     watcher = RouteWatcher(settings, registry, loop, index)
+    node = _kafka_node(settings, loop, index, dataplane)
+    if node is not None:
+        node_start = asyncio.ensure_future(node.start())
+        dataplane.kafka = node
+        registry.listeners.append(node.update)
+        watcher.pipelines = lambda: (dict(node.running), dict(node.errors))
+        node.on_change = watcher.wake
     watcher.start()
 
     state = ServerState(RestApp(dataplane), settings.max_body_bytes, settings.keepalive_timeout_s)
@@ -62,8 +70,20 @@ async def serve(settings: Settings, index: int) -> None:
             conn.transport.close()
     await grpc_stop
     watcher.stop()
+    if node is not None:
+        node_start.cancel()
+        await loop.run_in_executor(None, node.close)
     pool.close()
     log.info("worker %d drained", index)
+
+
+def _kafka_node(
+    settings: Settings, loop: asyncio.AbstractEventLoop, index: int, dataplane: DataPlane
+) -> DataNode | None:
+    """The worker's Kafka roles, unless this server runs without Kafka (no pipelines then)."""
+    if not kafka_enabled(settings):
+        return None
+    return DataNode(settings, loop, index, dataplane)
 
 
 def run(settings: Settings, index: int) -> None:

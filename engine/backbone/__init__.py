@@ -1,0 +1,1 @@
+"""A worker's Kafka runtime: an async producer, a partition-pinned consumer, offset bookkeeping."""

@@ -1,0 +1,110 @@
+"""An asyncio face on confluent-kafka's Producer: produce() returns a future resolved on delivery."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+from collections.abc import Sequence
+from typing import Any
+
+from confluent_kafka import KafkaError, KafkaException, Producer
+
+log = logging.getLogger("headrace.producer")
+
+Headers = list[tuple[str, str | bytes | None]]
+HeaderSeq = Sequence[tuple[str, str | bytes | None]]
+
+
+class ProduceError(Exception):
+    """A record that could not be written (e.g. larger than the broker accepts)."""
+
+    def __init__(self, message: str, *, too_large: bool = False) -> None:
+        super().__init__(message)
+        self.too_large = too_large
+
+
+class AsyncProducer:
+    """One librdkafka producer per worker. Delivery reports are served by a thread and handed to the
+    event loop, so nothing here ever blocks the loop."""
+
+    def __init__(self, conf: dict[str, Any], loop: asyncio.AbstractEventLoop) -> None:
+        self._producer = Producer(conf)
+        self._loop = loop
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._serve_reports, name="kafka-producer", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def produce(
+        self,
+        topic: str,
+        partition: int,
+        key: bytes,
+        value: bytes,
+        headers: HeaderSeq,
+    ) -> asyncio.Future[None]:
+        """Queue a record; the future completes when the broker has it (or with ProduceError)."""
+        fut: asyncio.Future[None] = self._loop.create_future()
+        loop = self._loop
+
+        def on_delivery(err: KafkaError | None, _msg: Any) -> None:
+            loop.call_soon_threadsafe(_settle, fut, err)
+
+        try:
+            self._producer.produce(
+                topic,
+                value=value,
+                key=key,
+                partition=partition,
+                headers=list(headers),
+                on_delivery=on_delivery,
+            )
+        except BufferError:
+            # the local queue is full: wait for room without blocking the loop
+            return asyncio.ensure_future(self._produce_later(topic, partition, key, value, headers))
+        except KafkaException as exc:
+            err = exc.args[0] if exc.args else None
+            fut.set_exception(_error(err if isinstance(err, KafkaError) else None, str(exc)))
+        return fut
+
+    async def _produce_later(
+        self,
+        topic: str,
+        partition: int,
+        key: bytes,
+        value: bytes,
+        headers: HeaderSeq,
+    ) -> None:
+        await asyncio.sleep(0.005)
+        await self.produce(topic, partition, key, value, headers)
+
+    def _serve_reports(self) -> None:
+        while not self._stop.is_set():
+            self._producer.poll(0.05)
+
+    def flush(self, timeout: float) -> int:
+        """Wait for queued records (call off the loop, e.g. at shutdown); returns how many remain."""
+        remaining: int = self._producer.flush(timeout)
+        return remaining
+
+    def close(self, timeout: float = 5.0) -> None:
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join(timeout=1.0)
+            self._producer.flush(timeout)
+
+
+def _settle(fut: asyncio.Future[None], err: KafkaError | None) -> None:
+    if fut.done():
+        return
+    if err is None:
+        fut.set_result(None)
+    else:
+        fut.set_exception(_error(err, err.str()))
+
+
+def _error(err: KafkaError | None, text: str) -> ProduceError:
+    too_large = err is not None and err.code() == KafkaError.MSG_SIZE_TOO_LARGE
+    return ProduceError(f"Kafka refused the record: {text}", too_large=too_large)

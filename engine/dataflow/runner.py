@@ -1,0 +1,71 @@
+"""Runs compiled pipelines on consumed records: gate on the pipeline header, transform, forward.
+
+Every hop writes to the partition named in the record's key, so a request stays on the partition
+(and so on the worker) that accepted it.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+
+from confluent_kafka import Message
+
+from headrace.config.errors import HeadraceError
+from headrace.engine import topics as t
+from headrace.engine.backbone.producer import AsyncProducer, Headers
+from headrace.engine.dataflow.graph import PipelineGraph, StepRoute
+from headrace.engine.dataflow.transforms import adjust_headers, transform
+
+log = logging.getLogger("headrace.dataflow")
+
+
+class DataflowRunner:
+    def __init__(
+        self, producer: AsyncProducer, partitions: int, on_error: Callable[[Message, str], None]
+    ) -> None:
+        self.producer = producer
+        self.partitions = partitions
+        self.on_error = on_error
+        self.graphs: dict[str, tuple[PipelineGraph, str]] = {}  # name -> (graph, version)
+        self.by_topic: dict[str, list[StepRoute]] = {}
+
+    def set_pipelines(self, graphs: dict[str, tuple[PipelineGraph, str]]) -> None:
+        self.graphs = graphs
+        by_topic: dict[str, list[StepRoute]] = {}
+        for graph, _ in graphs.values():
+            for topic, routes in graph.routes.items():
+                by_topic.setdefault(topic, []).extend(routes)
+        self.by_topic = by_topic
+
+    def topics(self) -> set[str]:
+        return set(self.by_topic)
+
+    def handles(self, topic: str) -> bool:
+        return topic in self.by_topic
+
+    def on_record(self, msg: Message) -> list[object]:
+        """Forward one record along every route it feeds; returns the produce futures."""
+        routes = self.by_topic.get(msg.topic() or "")
+        if not routes:
+            return []
+        raw_headers = msg.headers() or []
+        headers: Headers = list(raw_headers.items() if isinstance(raw_headers, dict) else raw_headers)
+        value = msg.value() or b""
+        key = msg.key() or b""
+        partition = t.partition_of(key, self.partitions)
+        futures: list[object] = []
+        for route in routes:
+            if not t.pipeline_matches(headers, route.pipeline):  # type: ignore[arg-type]
+                continue
+            try:
+                out = transform(route.chain_kind, value, route.tensors, route.tensor_map, route.source_topic)
+            except HeadraceError as exc:
+                self.on_error(msg, f"pipeline {route.pipeline}: {exc.message}")
+                continue
+            if out is None:
+                continue  # nothing left after tensor selection: conditional routing drops it
+            version = self.graphs.get(route.pipeline, (None, "1"))[1]
+            out_headers = adjust_headers(headers, route.pipeline, version)  # type: ignore[arg-type]
+            futures.append(self.producer.produce(route.sink_topic, partition, key, out, out_headers))
+        return futures

@@ -1,0 +1,1 @@
+"""Kafka-facing roles of a worker: the model gateway and the pipeline gateway."""

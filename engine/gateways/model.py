@@ -1,0 +1,146 @@
+"""Model gateway: records on a model's inputs topic → the model (servers or inline) → its outputs topic.
+
+Models hash (mmh3) into ``max_consumers`` slots, as Seldon's MODELGATEWAY_MAX_NUM_CONSUMERS; a slot
+is a logical consumer — its own queue and ``num_workers`` asyncio workers (MODELGATEWAY_NUM_WORKERS)
+— over the worker's single Kafka consumer, so a slow model stalls only its own slot.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import mmh3
+from confluent_kafka import Message
+
+from headrace.config.errors import HeadraceError
+from headrace.engine import topics as t
+from headrace.engine.backbone.offsets import OffsetTracker
+from headrace.engine.backbone.producer import AsyncProducer, Headers
+from headrace.gateway.dataplane import DataPlane
+from headrace.gateway.oip import grpc_codec
+from headrace.gateway.oip.pb import pb2
+from headrace.gateway.oip.types import InferRequest
+from headrace.gateway.runtime.client import InferResult
+
+log = logging.getLogger("headrace.modelgw")
+
+
+@dataclass(slots=True)
+class Slot:
+    queue: asyncio.Queue[tuple[str, Message]] = field(default_factory=asyncio.Queue)
+    workers: list[asyncio.Task[None]] = field(default_factory=list)
+
+
+def slot_of(model: str, max_consumers: int) -> int:
+    return int(mmh3.hash(model, signed=False)) % max_consumers
+
+
+class ModelGateway:
+    def __init__(
+        self,
+        topics: t.Topics,
+        producer: AsyncProducer,
+        dataplane: DataPlane,
+        tracker: OffsetTracker,
+        *,
+        num_workers: int = 8,
+        max_consumers: int = 100,
+        worker_timeout_s: float = 120.0,
+        workers_for: Callable[[str], int | None] | None = None,
+    ) -> None:
+        self.topics = topics
+        self.producer = producer
+        self.dataplane = dataplane
+        self.tracker = tracker
+        self.num_workers = num_workers
+        self.max_consumers = max_consumers
+        self.worker_timeout_s = worker_timeout_s
+        self.workers_for = workers_for
+        self.slots: dict[int, Slot] = {}
+
+    def submit(self, model: str, msg: Message) -> None:
+        """Called on the event loop for every record of ``model``'s inputs topic."""
+        index = slot_of(model, self.max_consumers)
+        slot = self.slots.get(index)
+        if slot is None:
+            slot = self.slots[index] = Slot()
+            count = (self.workers_for(model) if self.workers_for else None) or self.num_workers
+            slot.workers = [asyncio.ensure_future(self._work(slot)) for _ in range(count)]
+        slot.queue.put_nowait((model, msg))
+
+    def in_flight(self) -> dict[int, int]:
+        """Records queued or being handled, per slot (for metrics and tests)."""
+        return {i: s.queue.qsize() for i, s in self.slots.items()}
+
+    async def _work(self, slot: Slot) -> None:
+        while True:
+            model, msg = await slot.queue.get()
+            tp = (msg.topic() or "", msg.partition() or 0)
+            try:
+                await self._handle(model, msg)
+            except Exception:  # never let one record kill the worker
+                log.exception("model gateway failed on a record of %s", model)
+            finally:
+                self.tracker.done(tp, msg.offset() or 0)
+
+    async def _handle(self, model: str, msg: Message) -> None:
+        raw_headers = msg.headers() or []
+        headers: Headers = list(raw_headers.items() if isinstance(raw_headers, dict) else raw_headers)
+        partition = msg.partition() or 0
+        key = msg.key() or b""
+        try:
+            request = decode_model_input(model, msg.value() or b"")
+            pending = self.dataplane.infer(request)
+            if isinstance(pending, InferResult):
+                result = pending
+            else:
+                result = await asyncio.wait_for(pending, self.worker_timeout_s)
+            try:
+                value = grpc_codec.encode_response(result.response, request).SerializeToString()
+            finally:
+                result.release()
+        except (HeadraceError, TimeoutError) as exc:
+            message = exc.message if isinstance(exc, HeadraceError) else "model gateway worker timed out"
+            await self._error(model, partition, key, headers, message)
+            return
+        try:
+            await self.producer.produce(self.topics.model_outputs(model), partition, key, value, headers)
+        except Exception as exc:
+            # e.g. the output is larger than the broker accepts: the caller must hear of it
+            await self._error(model, partition, key, headers, str(exc))
+
+    async def _error(self, model: str, partition: int, key: bytes, headers: Headers, message: str) -> None:
+        err_headers = [*headers, (t.ERROR_HEADER, model.encode())]
+        try:
+            await self.producer.produce(self.topics.errors, partition, key, message.encode(), err_headers)
+        except Exception:
+            log.exception("could not write the error of %s to the errors topic", model)
+
+    def close(self) -> None:
+        for slot in self.slots.values():
+            for task in slot.workers:
+                task.cancel()
+
+
+def decode_model_input(model: str, value: bytes) -> InferRequest:
+    """A model input record: an OIP ModelInferRequest, or a ModelInferResponse whose outputs become
+    the inputs (raw contents kept), as Seldon's model gateway accepts."""
+    try:
+        msg = pb2.ModelInferRequest.FromString(value)
+        if msg.inputs or not value:
+            msg.model_name = model
+            return grpc_codec.decode_request(msg)
+    except HeadraceError:
+        raise
+    except Exception:
+        pass
+    try:
+        resp = grpc_codec.decode_response(pb2.ModelInferResponse.FromString(value))
+    except Exception as exc:
+        raise HeadraceError(
+            f"record is neither a ModelInferRequest nor a ModelInferResponse: {exc}"
+        ) from None
+    return InferRequest(model_name=model, inputs=resp.outputs, id=resp.id, parameters=resp.parameters)

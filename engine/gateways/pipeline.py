@@ -1,0 +1,140 @@
+"""Pipeline gateway: a synchronous OIP call becomes a record on a pipeline's (or model's) inputs
+topic; the answer is the record with the same key on its outputs topic, or an error, or a timeout.
+
+Seldon's gateway waits for ever; here every call has a deadline (the pipeline's timeout).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import uuid
+from dataclasses import dataclass
+
+from confluent_kafka import Message
+
+from headrace.config.errors import ErrorKind, HeadraceError
+from headrace.engine import topics as t
+from headrace.engine.backbone.producer import AsyncProducer, Headers, ProduceError
+from headrace.gateway.oip import grpc_codec
+from headrace.gateway.oip.pb import pb2
+from headrace.gateway.oip.types import InferRequest, InferResponse
+
+log = logging.getLogger("headrace.pipelinegw")
+
+
+@dataclass(frozen=True, slots=True)
+class Target:
+    """What a call addresses: a pipeline, or one model through its Kafka topics (``name.model``)."""
+
+    name: str
+    kind: str  # t.PIPELINE | t.MODEL
+
+
+@dataclass(slots=True)
+class Reply:
+    response: InferResponse
+    key: str
+
+
+class PipelineGateway:
+    def __init__(self, topics: t.Topics, producer: AsyncProducer, partitions: list[int]) -> None:
+        self.topics = topics
+        self.producer = producer
+        self.partitions = partitions
+        self._turn = itertools.cycle(partitions)
+        # key -> (the topic the answer comes on, the caller's future)
+        self.pending: dict[bytes, tuple[str, asyncio.Future[Message]]] = {}
+
+    def reply_topics(self, targets: list[Target]) -> set[str]:
+        out = {self.topics.errors}
+        for target in targets:
+            out.add(
+                self.topics.pipeline_outputs(target.name)
+                if target.kind == t.PIPELINE
+                else self.topics.model_outputs(target.name)
+            )
+        return out
+
+    def on_reply(self, msg: Message) -> None:
+        """A record on an outputs or the errors topic: wake the caller waiting for its key, if any.
+
+        Intermediate steps write the same key to their models' outputs topics: only the target's own
+        outputs topic (or the errors topic) answers."""
+        key = msg.key() or b""
+        entry = self.pending.get(key)
+        if entry is None:
+            return
+        topic = msg.topic()
+        if topic != entry[0] and topic != self.topics.errors:
+            return
+        del self.pending[key]
+        if not entry[1].done():
+            entry[1].set_result(msg)
+
+    async def call(self, target: Target, request: InferRequest, headers: Headers, timeout: float) -> Reply:
+        request_id = request.id or _header(headers, t.REQUEST_ID_HEADER) or uuid.uuid4().hex
+        partition = next(self._turn)
+        key_text = t.make_key(partition, target.name, request_id)
+        key = key_text.encode()
+        if target.kind == t.PIPELINE:
+            topic = self.topics.pipeline_inputs(target.name)
+            reply_topic = self.topics.pipeline_outputs(target.name)
+        else:
+            topic = self.topics.model_inputs(target.name)
+            reply_topic = self.topics.model_outputs(target.name)
+        record_headers: Headers = [
+            *[(n, v) for n, v in headers if n != t.REQUEST_ID_HEADER],
+            (t.PIPELINE_HEADER, target.name.encode()),
+            (t.REQUEST_ID_HEADER, request_id.encode()),
+        ]
+        value = grpc_codec.encode_request(request).SerializeToString()
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future[Message] = loop.create_future()
+        if key in self.pending:
+            raise HeadraceError(f"request id {request_id!r} is already in flight", ErrorKind.CONFLICT)
+        self.pending[key] = (reply_topic, fut)
+        try:
+            try:
+                await self.producer.produce(topic, partition, key, value, record_headers)
+            except ProduceError as exc:
+                kind = ErrorKind.TOO_LARGE if exc.too_large else ErrorKind.UNAVAILABLE
+                raise HeadraceError(f"{target.kind} {target.name}: {exc}", kind) from None
+            try:
+                msg = await asyncio.wait_for(fut, timeout)
+            except TimeoutError:
+                raise HeadraceError(
+                    f"{target.kind} {target.name} did not answer within {timeout:g} s", ErrorKind.TIMEOUT
+                ) from None
+        finally:
+            self.pending.pop(key, None)
+        return Reply(self._decode(msg, request), key_text)
+
+    def _decode(self, msg: Message, request: InferRequest) -> InferResponse:
+        raw_headers = msg.headers() or []
+        headers = list(raw_headers.items() if isinstance(raw_headers, dict) else raw_headers)
+        failed = _header(headers, t.ERROR_HEADER)
+        if failed is not None:
+            text = (msg.value() or b"").decode("utf-8", "replace")
+            raise HeadraceError(f"{failed} : {text}", ErrorKind.INVALID_ARGUMENT)
+        try:
+            response = grpc_codec.decode_response(pb2.ModelInferResponse.FromString(msg.value() or b""))
+        except Exception as exc:
+            raise HeadraceError(f"undecodable reply on {msg.topic()}: {exc}", ErrorKind.INTERNAL) from None
+        if request.id and not response.id:
+            response.id = request.id
+        return response
+
+    def fail_all(self, reason: str) -> None:
+        for _, fut in self.pending.values():
+            if not fut.done():
+                fut.set_exception(HeadraceError(reason, ErrorKind.UNAVAILABLE))
+        self.pending.clear()
+
+
+def _header(headers: Headers, name: str) -> str | None:
+    for n, v in headers:
+        if n == name and v is not None:
+            return v.decode("utf-8", "replace") if isinstance(v, bytes) else v
+    return None

@@ -1,0 +1,1 @@
+"""Kafka backbone: the embedded broker (Apache Kafka or Tansu), client configuration and readiness."""

@@ -1,0 +1,113 @@
+"""librdkafka configuration for headrace's Kafka clients: bootstrap servers, latency defaults, passthrough."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from headrace.config.settings import Settings
+
+#: librdkafka properties as confluent-kafka takes them (strings are always accepted).
+KafkaConf = dict[str, Any]
+
+# Consumer fetch wait: how long the broker may hold an empty fetch. Apache Kafka answers a waiting
+# fetch as soon as data arrives (long polling), so the value only bounds idle wake-ups; Tansu does
+# not wake a waiting fetch, so latency is about half of it and it must be small (brokers.md).
+KAFKA_FETCH_WAIT_MS = 100
+TANSU_FETCH_WAIT_MS = 5
+
+_SIDES = ("producer.", "consumer.", "admin.")
+
+
+def bootstrap_servers(settings: Settings) -> str:
+    """The cluster to use: ``kafka_bootstrap`` (env KAFKA_BOOTSTRAP_SERVERS), else the embedded broker."""
+    return settings.kafka_bootstrap or embedded_bootstrap(settings)
+
+
+def embedded_bootstrap(settings: Settings) -> str:
+    """Where the embedded broker listens, as clients reach it (a wildcard bind is reached on loopback)."""
+    return f"{_advertised_host(settings.kafka_host)}:{settings.kafka_port}"
+
+
+def uses_embedded_broker(settings: Settings) -> bool:
+    """True when ``headrace serve`` must run the broker itself (no ``kafka_bootstrap`` given)."""
+    return not settings.kafka_bootstrap
+
+
+def broker_flavour(settings: Settings) -> str:
+    """``"kafka"`` or ``"tansu"`` for an embedded broker, ``"external"`` for a given cluster."""
+    return settings.embedded_broker if uses_embedded_broker(settings) else "external"
+
+
+def _advertised_host(host: str) -> str:
+    return "127.0.0.1" if host in ("", "0.0.0.0") else ("::1" if host == "::" else host)
+
+
+def _passthrough(settings: Settings, side: str) -> KafkaConf:
+    """``kafka_config`` entries for every client plus those prefixed with ``side`` (prefix removed)."""
+    conf: KafkaConf = {k: v for k, v in settings.kafka_config.items() if not k.startswith(_SIDES)}
+    conf.update({k[len(side) :]: v for k, v in settings.kafka_config.items() if k.startswith(side)})
+    return conf
+
+
+def _common(settings: Settings) -> KafkaConf:
+    return {
+        "bootstrap.servers": bootstrap_servers(settings),
+        "client.id": "headrace",
+        # small requests must not wait for the previous one's ACK (Nagle); librdkafka leaves it on
+        "socket.nagle.disable": True,
+    }
+
+
+def producer_config(settings: Settings, overrides: KafkaConf | None = None) -> KafkaConf:
+    """Latency first: send at once (linger.ms=0); acks=all with idempotence, so a retried send is
+    never duplicated or reordered. On the single-node embedded broker acks=all costs nothing more
+    than acks=1 (the leader is the whole ISR); on a real cluster it is what makes a step's output
+    survive a broker loss."""
+    conf = _common(settings)
+    conf.update(
+        {
+            "linger.ms": 0,
+            "acks": "all",
+            "enable.idempotence": True,
+            "message.max.bytes": min(settings.kafka_max_message_bytes, 1_000_000_000),
+        }
+    )
+    conf.update(_passthrough(settings, "producer."))
+    conf.update(overrides or {})
+    return conf
+
+
+def consumer_config(
+    settings: Settings, group_id: str | None = None, overrides: KafkaConf | None = None
+) -> KafkaConf:
+    """fetch.min.bytes=1 (answer with the first record); fetch.wait.max.ms by broker flavour (see
+    KAFKA_FETCH_WAIT_MS); short group timeouts so that joins and failovers take seconds, not tens."""
+    max_bytes = min(settings.kafka_max_message_bytes, 1_000_000_000 - 512)
+    conf = _common(settings)
+    conf.update(
+        {
+            "fetch.min.bytes": 1,
+            "fetch.wait.max.ms": TANSU_FETCH_WAIT_MS
+            if broker_flavour(settings) == "tansu"
+            else KAFKA_FETCH_WAIT_MS,
+            "fetch.max.bytes": max_bytes,
+            "message.max.bytes": max_bytes,  # librdkafka wants fetch.max.bytes >= message.max.bytes
+            "receive.message.max.bytes": max_bytes + 512,
+            "session.timeout.ms": 6000,
+            "heartbeat.interval.ms": 500,
+            "auto.offset.reset": "earliest",
+            "enable.partition.eof": False,
+        }
+    )
+    if group_id is not None:
+        conf["group.id"] = group_id
+    conf.update(_passthrough(settings, "consumer."))
+    conf.update(overrides or {})
+    return conf
+
+
+def admin_config(settings: Settings, overrides: KafkaConf | None = None) -> KafkaConf:
+    conf = _common(settings)
+    conf.update(_passthrough(settings, "admin."))
+    conf.update(overrides or {})
+    return conf

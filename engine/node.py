@@ -1,0 +1,226 @@
+"""A worker's Kafka roles together: model gateway, dataflow and pipeline gateway over one consumer
+and one producer, for the partitions this worker owns (p % workers == index)."""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import yaml
+from confluent_kafka import Message
+
+from headrace.config.errors import ErrorKind, HeadraceError
+from headrace.config.pipelines import parse_pipelines
+from headrace.config.settings import Settings
+from headrace.engine import topics as t
+from headrace.engine.backbone.consumer import PartitionConsumer
+from headrace.engine.backbone.offsets import OffsetTracker
+from headrace.engine.backbone.producer import AsyncProducer
+from headrace.engine.dataflow.graph import PipelineGraph, compile_pipeline
+from headrace.engine.dataflow.runner import DataflowRunner
+from headrace.engine.gateways.model import ModelGateway
+from headrace.engine.gateways.pipeline import PipelineGateway, Reply, Target
+from headrace.engine.kafka.config import admin_config, consumer_config, producer_config
+from headrace.engine.kafka.ready import BrokerNotReady, wait_ready
+from headrace.gateway.control import RoutingTable
+from headrace.gateway.dataplane import DataPlane
+from headrace.gateway.oip.types import InferRequest, InferResponse
+
+log = logging.getLogger("headrace.node")
+
+COMMIT_INTERVAL_S = 1.0
+
+
+def kafka_enabled(settings: Settings) -> bool:
+    """Pipelines need a broker: a given cluster, or an embedded one (not ``embedded_broker = none``)."""
+    return bool(settings.kafka_bootstrap) or settings.embedded_broker != "none"
+
+
+def owned_partitions(partitions: int, workers: int, index: int) -> list[int]:
+    return [p for p in range(partitions) if p % workers == index]
+
+
+class DataNode:
+    def __init__(
+        self, settings: Settings, loop: asyncio.AbstractEventLoop, index: int, dataplane: DataPlane
+    ) -> None:
+        self.settings = settings
+        self.loop = loop
+        self.topics = t.Topics(settings.topic_prefix, settings.namespace)
+        self.partitions = owned_partitions(settings.partitions, settings.worker_count, index)
+        self.producer = AsyncProducer(producer_config(settings), loop)
+        group = f"{settings.topic_prefix}-{settings.namespace}-headrace-dataplane"
+        self.consumer = PartitionConsumer(
+            consumer_config(settings, group), self.partitions, loop, self._dispatch
+        )
+        self.tracker = OffsetTracker()
+        self.models = ModelGateway(
+            self.topics,
+            self.producer,
+            dataplane,
+            self.tracker,
+            num_workers=settings.modelgateway_num_workers,
+            max_consumers=settings.modelgateway_max_num_consumers,
+            worker_timeout_s=settings.modelgateway_worker_timeout_ms / 1000,
+        )
+        self.dataflow = DataflowRunner(self.producer, settings.partitions, self._dataflow_error)
+        self.gateway = PipelineGateway(self.topics, self.producer, self.partitions)
+        self.table = RoutingTable()
+        self.running: dict[str, int] = {}  # pipeline -> version whose topics this worker consumes
+        self.errors: dict[str, str] = {}
+        self.on_change: Callable[[], None] | None = None
+        self._commit_timer: asyncio.TimerHandle | None = None
+        self._generation = 0
+
+    async def start(self) -> None:
+        """Open the Kafka clients once the broker answers (it may start after the workers)."""
+        conf = admin_config(self.settings)
+        while True:
+            try:
+                await self.loop.run_in_executor(None, wait_ready, conf, 30.0)
+                break
+            except BrokerNotReady as exc:
+                log.warning("%s; still waiting", exc.message)
+        self.producer.start()
+        self.consumer.start()
+        self._commit_timer = self.loop.call_later(COMMIT_INTERVAL_S, self._commit)
+        self.update(self.table)
+
+    # -- routing updates (event loop) -------------------------------------------------------------
+    def update(self, table: RoutingTable) -> None:
+        self.table = table
+        if not self.consumer.started:
+            return  # applied when the clients open
+        graphs: dict[str, tuple[PipelineGraph, str]] = {}
+        errors: dict[str, str] = {}
+        for name, route in table.pipelines.items():
+            try:
+                manifest = parse_pipelines(route.manifest)[0]
+                graphs[name] = (compile_pipeline(manifest, self.topics), str(route.version))
+            except HeadraceError as exc:
+                errors[name] = exc.message
+            except (yaml.YAMLError, IndexError) as exc:
+                errors[name] = f"unreadable manifest: {exc}"
+        self.dataflow.set_pipelines(graphs)
+        self.errors = errors
+        wanted = {self.topics.errors} | self.dataflow.topics()
+        wanted |= {self.topics.model_inputs(m) for m in table.models}
+        wanted |= self.gateway.reply_topics([Target(p, t.PIPELINE) for p in graphs])
+        versions = {name: table.pipelines[name].version for name in graphs}
+        self._generation += 1
+        generation = self._generation
+        fut = self.consumer.set_topics(wanted)
+
+        def assigned(f: asyncio.Future[None]) -> None:
+            if generation == self._generation and not f.cancelled() and f.exception() is None:
+                self.running = versions
+                if self.on_change is not None:
+                    self.on_change()
+
+        fut.add_done_callback(assigned)
+
+    def pipeline_ready(self, name: str) -> bool:
+        route = self.table.pipelines.get(name)
+        return route is not None and route.ready and self.running.get(name) == route.version
+
+    # -- the data plane's KafkaPath port ------------------------------------------------------------
+    def pipeline_known(self, name: str) -> bool:
+        return name in self.table.pipelines
+
+    async def call_via_kafka(
+        self, name: str, kind: str, request: InferRequest, headers: Sequence[tuple[str, bytes]]
+    ) -> tuple[InferResponse, str]:
+        reply = await self.call(
+            Target(name, t.PIPELINE if kind == t.PIPELINE else t.MODEL), request, list(headers)
+        )
+        return reply.response, reply.key
+
+    # -- synchronous calls ------------------------------------------------------------------------
+    async def call(self, target: Target, request: InferRequest, headers: list[tuple[str, Any]]) -> Reply:
+        if target.kind == t.PIPELINE:
+            route = self.table.pipelines.get(target.name)
+            if route is None:
+                raise HeadraceError(f"pipeline '{target.name}' not found", kind=ErrorKind.NOT_FOUND)
+            timeout = route.timeout_s
+            if not self.pipeline_ready(target.name):
+                await self._wait_ready(target.name, timeout)
+        else:
+            if target.name not in self.table.models:
+                raise HeadraceError(f"model '{target.name}' not found", kind=ErrorKind.NOT_FOUND)
+            timeout = self.settings.pipeline_timeout_s
+        return await self.gateway.call(target, request, headers, timeout)
+
+    async def _wait_ready(self, name: str, timeout: float) -> None:
+        deadline = self.loop.time() + timeout
+        while not self.pipeline_ready(name):
+            if self.loop.time() >= deadline:
+                route = self.table.pipelines.get(name)
+                why = (
+                    route.message if route is not None and route.message else "not running in this worker yet"
+                )
+                raise HeadraceError(f"pipeline '{name}' is not ready: {why}", kind=ErrorKind.UNAVAILABLE)
+            await asyncio.sleep(0.05)
+
+    # -- consumed records (event loop) ------------------------------------------------------------
+    def _dispatch(self, msgs: list[Message]) -> None:
+        errors_topic = self.topics.errors
+        for msg in msgs:
+            if msg.error() is not None:
+                log.warning("consumer: %s", msg.error())
+                continue
+            topic = msg.topic() or ""
+            ref = self.topics.parse(topic)
+            tp = (topic, msg.partition() or 0)
+            offset = msg.offset() or 0
+            is_model_input = ref is not None and ref.kind == t.MODEL and ref.direction == t.INPUTS
+            if is_model_input and ref is not None and ref.name in self.table.models:
+                self.tracker.begin(tp, offset)
+                self.models.submit(ref.name, msg)
+                continue
+            if topic == errors_topic or (ref is not None and ref.direction == t.OUTPUTS):
+                self.gateway.on_reply(msg)
+            if self.dataflow.handles(topic):
+                futures = self.dataflow.on_record(msg)
+                if futures:
+                    self.tracker.begin(tp, offset)
+                    _when_all(futures, functools.partial(self.tracker.done, tp, offset))
+
+    def _dataflow_error(self, msg: Message, message: str) -> None:
+        raw = msg.headers() or []
+        headers = list(raw.items() if isinstance(raw, dict) else raw)
+        self.producer.produce(
+            self.topics.errors,
+            t.partition_of(msg.key(), self.settings.partitions),
+            msg.key() or b"",
+            message.encode(),
+            [*headers, (t.ERROR_HEADER, b"dataflow")],
+        )
+
+    def _commit(self) -> None:
+        self.consumer.commit(self.tracker.to_commit())
+        self._commit_timer = self.loop.call_later(COMMIT_INTERVAL_S, self._commit)
+
+    def close(self) -> None:
+        if self._commit_timer is not None:
+            self._commit_timer.cancel()
+        self.consumer.commit(self.tracker.to_commit())
+        self.models.close()
+        self.gateway.fail_all("worker is shutting down")
+        self.consumer.stop()
+        self.producer.close()
+
+
+def _when_all(futures: list[Any], done: Callable[[], None]) -> None:
+    remaining = len(futures)
+
+    def one(_: Any) -> None:
+        nonlocal remaining
+        remaining -= 1
+        if remaining == 0:
+            done()
+
+    for fut in futures:
+        fut.add_done_callback(one)

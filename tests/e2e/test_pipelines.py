@@ -1,0 +1,311 @@
+"""Pipelines through the embedded Apache Kafka: chains over REST, gRPC and the async topic path."""
+
+from __future__ import annotations
+
+import concurrent.futures
+import os
+import subprocess
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import grpc
+import numpy as np
+import orjson
+import pytest
+import tritonclient.grpc as grpcclient
+from confluent_kafka import Consumer, Producer, TopicPartition
+from support import HEADRACE, SAMPLES, Serve, http_get, http_post
+from tritonclient.grpc import service_pb2 as pb2
+
+pytestmark = pytest.mark.e2e
+
+REPO = Path(__file__).resolve().parents[2]
+PIPELINES = REPO / "config" / "samples" / "pipelines"
+
+BOOM = """
+class Model:
+    def predict(self, inputs):
+        raise ValueError("boom went the model")
+"""
+
+SPLIT = '''
+import numpy as np
+class Model:
+    """Conditional routing: output "even" or "odd" depending on the first element."""
+    def predict(self, inputs):
+        x = inputs["x"]
+        return {"even" if int(x.reshape(-1)[0]) % 2 == 0 else "odd": x}
+'''
+
+SLOW = """
+import time
+class Model:
+    def predict(self, inputs):
+        time.sleep(5)
+        return {"y": inputs["x"]}
+"""
+
+
+def model_manifest(root: Path, name: str, source: str) -> Path:
+    folder = root / "repo" / name
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "model.py").write_text(source)
+    path = root / f"{name}.yaml"
+    path.write_text(
+        f"apiVersion: mlops.seldon.io/v1alpha1\nkind: Model\nmetadata:\n  name: {name}\n"
+        f"spec:\n  storageUri: {folder}\n  requirements: [python]\n"
+    )
+    return path
+
+
+def pipeline_manifest(root: Path, name: str, body: str) -> Path:
+    path = root / f"pipeline-{name}.yaml"
+    path.write_text(
+        f"apiVersion: mlops.seldon.io/v1alpha1\nkind: Pipeline\nmetadata:\n  name: {name}\n{body}"
+    )
+    return path
+
+
+def cli(s: Serve, *args: str) -> str:
+    env = {**os.environ, "HEADRACE_CONTROL_URL": s.control}
+    proc = subprocess.run([HEADRACE, *args], capture_output=True, text=True, env=env, timeout=90)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    return proc.stdout
+
+
+@pytest.fixture(scope="module")
+def kserve(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Serve]:
+    root = tmp_path_factory.mktemp("pipes")
+    s = Serve(root / "data", kafka=True, extra=["--load", str(SAMPLES)])
+    try:
+        s.start()
+        for name, source in (("boom", BOOM), ("split", SPLIT), ("slow", SLOW)):
+            cli(s, "model", "load", "-f", str(model_manifest(root, name, source)))
+        cli(s, "pipeline", "load", "-f", str(PIPELINES / "demo.yaml"))
+        cli(
+            s,
+            "pipeline",
+            "load",
+            "-f",
+            str(
+                pipeline_manifest(
+                    root, "one", "spec:\n  steps:\n  - name: sum\n  output:\n    steps: [sum]\n"
+                )
+            ),
+        )
+        cli(
+            s,
+            "pipeline",
+            "load",
+            "-f",
+            str(
+                pipeline_manifest(
+                    root,
+                    "three",
+                    (
+                        "spec:\n  steps:\n  - name: echo\n  - name: split\n    inputs: [echo]\n"
+                        "  - name: sum\n    inputs: [split.outputs.even]\n"
+                        "    tensorMap:\n      split.outputs.even: x\n"
+                        "  output:\n    steps: [sum]\n"
+                    ),
+                )
+            ),
+        )
+        cli(
+            s,
+            "pipeline",
+            "load",
+            "-f",
+            str(
+                pipeline_manifest(
+                    root,
+                    "failing",
+                    (
+                        "spec:\n  steps:\n  - name: echo\n  - name: boom\n    inputs: [echo]\n"
+                        "  output:\n    steps: [boom]\n"
+                    ),
+                )
+            ),
+        )
+        cli(
+            s,
+            "pipeline",
+            "load",
+            "-f",
+            str(
+                pipeline_manifest(
+                    root,
+                    "sleepy",
+                    (
+                        '  annotations:\n    headrace.io/timeout-seconds: "1"\n'
+                        "spec:\n  steps:\n  - name: slow\n  output:\n    steps: [slow]\n"
+                    ),
+                )
+            ),
+        )
+        for name in ("demo", "one", "three", "failing", "sleepy"):
+            cli(s, "pipeline", "status", name, "-w", "PipelineReady", "--timeout", "60")
+        yield s
+    finally:
+        s.stop()
+
+
+def body(values: list[int], name: str = "x") -> bytes:
+    return orjson.dumps(
+        {"inputs": [{"name": name, "shape": [1, len(values)], "datatype": "INT64", "data": values}]}
+    )
+
+
+def infer_pipeline(
+    s: Serve, name: str, payload: bytes, via_header: bool = True
+) -> tuple[int, dict[str, str], dict]:
+    if via_header:
+        status, headers, raw = http_post(
+            s.url + f"/v2/models/{name}/infer",
+            payload,
+            {"Content-Type": "application/json", "Seldon-Model": f"{name}.pipeline"},
+            30,
+        )
+    else:
+        status, headers, raw = http_post(s.url + f"/v2/pipelines/{name}/infer", payload, None, 30)
+    return status, headers, orjson.loads(raw)
+
+
+def test_one_two_three_step_chains_over_rest(kserve: Serve) -> None:
+    status, headers, out = infer_pipeline(kserve, "one", body([1, 2, 3]))
+    assert status == 200, out
+    assert out["outputs"][0]["data"] == [6]
+    status, headers, out = infer_pipeline(kserve, "demo", body([4, 5]), via_header=False)
+    assert status == 200, out
+    assert out["model_name"] == "sum" and out["outputs"][0]["data"] == [9]
+    assert headers["x-request-id"].split(".")[1] == "demo"  # Seldon's composite key
+    status, _, out = infer_pipeline(kserve, "three", body([2, 10]))
+    assert status == 200, out
+    assert out["outputs"][0]["data"] == [12]
+
+
+def test_pipeline_readiness_endpoints(kserve: Serve) -> None:
+    assert http_get(kserve.url + "/v2/pipelines/demo/ready")[0] == 200
+    assert http_get(kserve.url + "/v2/pipelines/nope/ready")[0] == 404
+
+
+def test_request_timeout_answers_instead_of_hanging(kserve: Serve) -> None:
+    # the step takes 5 s, the pipeline's timeout is 1 s: Seldon would wait; the caller gets a 504
+    status, _, out = infer_pipeline(kserve, "sleepy", body([1]))
+    assert status == 504, out
+    assert "did not answer within 1 s" in out["error"]
+
+
+def test_model_error_reaches_the_caller_as_400(kserve: Serve) -> None:
+    status, _, out = infer_pipeline(kserve, "failing", body([1]))
+    assert status == 400, out
+    assert out["error"].startswith("boom : ") and "boom went the model" in out["error"]
+
+
+def test_unknown_pipeline_is_404(kserve: Serve) -> None:
+    status, _, out = infer_pipeline(kserve, "nope", body([1]))
+    assert status == 404 and "nope" in out["error"]
+
+
+def test_grpc_and_tritonclient_with_seldon_model_header(kserve: Serve) -> None:
+    client = grpcclient.InferenceServerClient(kserve.grpc_url)
+    x = grpcclient.InferInput("x", [1, 3], "INT64")
+    x.set_data_from_numpy(np.array([[1, 2, 3]], dtype=np.int64))
+    result = client.infer("demo", [x], headers={"seldon-model": "demo.pipeline"})
+    assert result.as_numpy("sum").tolist() == [6]
+    with pytest.raises(Exception, match="boom"):
+        client.infer("failing", [x], headers={"seldon-model": "failing.pipeline"})
+    with grpc.insecure_channel(kserve.grpc_url) as channel:
+        from tritonclient.grpc import service_pb2_grpc as pb2_grpc
+
+        stub = pb2_grpc.GRPCInferenceServiceStub(channel)
+        ready = stub.ModelReady(
+            pb2.ModelReadyRequest(name="demo"), metadata=(("seldon-model", "demo.pipeline"),)
+        )
+        assert ready.ready
+
+
+def test_model_through_kafka_with_dot_model_target(kserve: Serve) -> None:
+    status, _, raw = http_post(
+        kserve.url + "/v2/models/sum/infer",
+        body([1, 1]),
+        {"Content-Type": "application/json", "Seldon-Model": "sum.model"},
+        30,
+    )
+    assert status == 200 and orjson.loads(raw)["outputs"][0]["data"] == [2]
+
+
+def test_async_path_through_the_pipeline_topics(kserve: Serve) -> None:
+    bootstrap = kserve.bootstrap
+    consumer = Consumer(
+        {"bootstrap.servers": bootstrap, "group.id": f"t-{uuid.uuid4().hex}", "enable.auto.commit": False}
+    )
+    outputs = "seldon.default.pipeline.demo.outputs"
+    consumer.assign([TopicPartition(outputs, p, -1) for p in range(8)])  # from the end
+    try:
+        time.sleep(1.0)
+        producer = Producer({"bootstrap.servers": bootstrap})
+        req = pb2.ModelInferRequest(model_name="demo", id="async-1")
+        t = req.inputs.add(name="x", datatype="INT64", shape=[1, 2])
+        t.contents.int64_contents.extend([20, 22])
+        key = f"3.demo.{uuid.uuid4().hex}"
+        producer.produce(
+            "seldon.default.pipeline.demo.inputs",
+            req.SerializeToString(),
+            key=key,
+            partition=3,
+            headers=[("pipeline", b"demo")],
+        )
+        producer.flush(10)
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            msg = consumer.poll(1.0)
+            if msg is None or msg.error() or msg.key().decode() != key:
+                continue
+            resp = pb2.ModelInferResponse.FromString(msg.value())
+            assert np.frombuffer(resp.raw_output_contents[0], dtype=np.int64).tolist() == [42]
+            assert msg.partition() == 3
+            return
+        raise AssertionError("no answer on the pipeline's outputs topic")
+    finally:
+        consumer.close()
+
+
+def test_garbage_on_an_inputs_topic_goes_to_the_errors_topic(kserve: Serve) -> None:
+    bootstrap = kserve.bootstrap
+    consumer = Consumer(
+        {"bootstrap.servers": bootstrap, "group.id": f"t-{uuid.uuid4().hex}", "enable.auto.commit": False}
+    )
+    consumer.assign([TopicPartition("seldon.default.errors.errors", p, -1) for p in range(8)])
+    try:
+        time.sleep(1.0)
+        producer = Producer({"bootstrap.servers": bootstrap})
+        key = f"1.echo.{uuid.uuid4().hex}"
+        producer.produce("seldon.default.model.echo.inputs", b"\xff\x00 not protobuf", key=key, partition=1)
+        producer.flush(10)
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            msg = consumer.poll(1.0)
+            if msg is None or msg.error() or msg.key().decode() != key:
+                continue
+            assert dict(msg.headers())["seldon-pipeline-errors"] == b"echo"
+            break
+        else:
+            raise AssertionError("no record on the errors topic")
+    finally:
+        consumer.close()
+    status, _, _ = infer_pipeline(kserve, "demo", body([1, 2]))  # the worker is still up
+    assert status == 200
+
+
+def test_500_concurrent_requests_each_answered_once_with_its_own_body(kserve: Serve) -> None:
+    def one(i: int) -> tuple[int, int]:
+        status, _, out = infer_pipeline(kserve, "one", body([i, 1000]))
+        return status, out["outputs"][0]["data"][0] if status == 200 else -1
+
+    with concurrent.futures.ThreadPoolExecutor(32) as pool:
+        results = list(pool.map(one, range(500)))
+    assert all(status == 200 for status, _ in results)
+    assert [value for _, value in results] == [i + 1000 for i in range(500)]
