@@ -27,9 +27,10 @@ $(KAFKA_STAMP): $(KAFKA_POM)
 
 kafka-jars: $(KAFKA_STAMP)
 
-## Start the server with the sample models (echo, sum) loaded, on 127.0.0.1:9000 (REST) / 9500 (gRPC).
+## Start the server with the sample models (echo, sum) and pipeline (demo: echo then sum) loaded:
+## REST 127.0.0.1:9000, gRPC 9500, control 9004, embedded Kafka 9092.
 run: install
-	$(BIN)/headrace serve --load config/samples/models $(RUN_ARGS)
+	$(BIN)/headrace serve --load config/samples/models --load config/samples/pipelines $(RUN_ARGS)
 
 test: install
 	$(BIN)/pytest -q

@@ -9,16 +9,21 @@ import threading
 from pathlib import Path
 from types import FrameType
 
+import yaml
+
 from headrace.config.errors import ConfigError
 from headrace.config.manifests import (
     ModelManifest,
     load_manifest_paths,
+    manifest_files,
     replica_socket,
     servers_from_settings,
 )
+from headrace.config.pipelines import PipelineManifest
 from headrace.config.settings import Settings
 from headrace.engine.kafka.admin import TopicAdmin
 from headrace.engine.scheduler.api import ControlApi, ControlServer
+from headrace.engine.scheduler.pipelines import parse_pipeline_docs
 from headrace.engine.scheduler.state import SchedulerState
 from headrace.engine.scheduler.store import Store
 from headrace.engine.scheduler.topic_manager import TopicManager
@@ -27,12 +32,31 @@ from headrace.engine.topics import Topics
 log = logging.getLogger("headrace.scheduler")
 
 
-def _models_to_load(settings: Settings) -> list[ModelManifest]:
-    manifests = load_manifest_paths(settings.load_files) if settings.load_files else []
-    for manifest in manifests:
-        if not isinstance(manifest, ModelManifest):
+def _to_load(settings: Settings) -> tuple[list[ModelManifest], list[tuple[PipelineManifest, str]]]:
+    """Models and pipelines from settings.load_files (files, or folders of *.yaml); a file holding only
+    Pipeline documents is read as pipelines, any other as models (Servers come from server_files)."""
+    model_files: list[Path] = []
+    pipelines: list[tuple[PipelineManifest, str]] = []
+    for path in manifest_files(settings.load_files):
+        try:
+            text = path.read_text(encoding="utf-8")
+            kinds = {d.get("kind") for d in yaml.safe_load_all(text) if isinstance(d, dict)}
+        except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
+            raise ConfigError(f"{path}: {exc}") from None
+        if kinds == {"Pipeline"}:
+            try:
+                pipelines.extend(parse_pipeline_docs(text))
+            except ConfigError as exc:
+                raise ConfigError(f"{path}: {exc.message}") from None
+        else:
+            model_files.append(path)
+    models = []
+    for manifest in load_manifest_paths(model_files) if model_files else []:
+        if isinstance(manifest, ModelManifest):
+            models.append(manifest)
+        else:
             log.warning("load files: Server %s ignored (servers come from server_files)", manifest.name)
-    return [m for m in manifests if isinstance(m, ModelManifest)]
+    return models, pipelines
 
 
 def run(settings: Settings, stop: threading.Event | None = None) -> None:
@@ -43,7 +67,7 @@ def run(settings: Settings, stop: threading.Event | None = None) -> None:
         )
     try:
         servers = servers_from_settings(settings)
-        to_load = _models_to_load(settings)
+        to_load, pipelines_to_load = _to_load(settings)
         topics = Topics(settings.topic_prefix, settings.namespace)
     except ConfigError as exc:
         log.error("%s", exc.message)
@@ -71,6 +95,8 @@ def run(settings: Settings, stop: threading.Event | None = None) -> None:
     try:
         if to_load:
             state.load(to_load)
+        if pipelines_to_load:
+            state.load_pipelines(pipelines_to_load)
         try:
             httpd = ControlServer((settings.control_host, settings.control_port), ControlApi(state))
         except OSError as exc:

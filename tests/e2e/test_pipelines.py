@@ -78,12 +78,12 @@ def cli(s: Serve, *args: str) -> str:
 @pytest.fixture(scope="module")
 def kserve(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Serve]:
     root = tmp_path_factory.mktemp("pipes")
-    s = Serve(root / "data", kafka=True, extra=["--load", str(SAMPLES)])
+    # the sample models and the demo pipeline come from --load, as `make run` does
+    s = Serve(root / "data", kafka=True, extra=["--load", str(SAMPLES), "--load", str(PIPELINES)])
     try:
         s.start()
         for name, source in (("boom", BOOM), ("split", SPLIT), ("slow", SLOW)):
             cli(s, "model", "load", "-f", str(model_manifest(root, name, source)))
-        cli(s, "pipeline", "load", "-f", str(PIPELINES / "demo.yaml"))
         cli(
             s,
             "pipeline",
