@@ -330,6 +330,9 @@ class HeadracePeer(Peer):
             str(self.workers),
             "--load",
             str(self._manifest_dir(workdir)),
+            # direct model serving only: no broker competing for the two cores
+            "--embedded-broker",
+            "none",
         ]
         server = start_server(self.key, cmd, log_path=workdir / f"{self.key}.log", cwd=workdir)
         base = f"http://127.0.0.1:{http}"
