@@ -217,9 +217,14 @@ def log4j2_properties(settings: Settings) -> str:
     )
 
 
-def jvm_options(settings: Settings, directory: Path, heap: str | None = None) -> list[str]:
+def jvm_options(
+    settings: Settings, directory: Path, heap: str | None = None, java: int = MIN_JAVA
+) -> list[str]:
     """A small heap and flags for a quick start; KAFKA_OPTS (as in kafka-server-start.sh) is appended."""
+    # Java 24+ warns at each start that Kafka's buffer unmapping uses sun.misc.Unsafe (JEP 471/498)
+    newer = ["--sun-misc-unsafe-memory-access=allow"] if java >= 23 else []
     return [
+        *newer,
         "-Xms64m",
         f"-Xmx{heap or settings.kafka_heap}",
         "-XX:+UseSerialGC",  # least memory and start-up work; pauses are milliseconds at this heap size
@@ -285,12 +290,13 @@ def prepare_kafka(settings: Settings) -> tuple[list[str], Path]:
     _write(props_file, "".join(f"{k}={v}\n" for k, v in props.items()))
     _write(directory / "log4j2.properties", log4j2_properties(settings))
     classpath = str(libs / "*")
+    major = java_major(java) or MIN_JAVA
     if not (directory / "data" / "meta.properties").exists():
         started = time.monotonic()
         tool = storage_tool_class(libs)
         cmd = [
             java,
-            *jvm_options(settings, directory, heap="256m"),
+            *jvm_options(settings, directory, heap="256m", java=major),
             "-cp",
             classpath,
             tool,
@@ -306,7 +312,7 @@ def prepare_kafka(settings: Settings) -> tuple[list[str], Path]:
             output = done.stderr or done.stdout
             raise BrokerError(f"formatting Kafka storage failed ({done.returncode}): {output}")
         log.info("formatted Kafka storage in %s (%.1fs)", directory / "data", time.monotonic() - started)
-    options = jvm_options(settings, directory)
+    options = jvm_options(settings, directory, java=major)
     archive, cds = class_archive(java, libs, directory, options)
     return [java, *options, *cds, "-cp", classpath, "kafka.Kafka", str(props_file)], archive
 
@@ -352,6 +358,8 @@ def run_embedded_broker(settings: Settings) -> None:
     parent = os.getppid()
     archive: Path | None = None
     try:
+        if settings.embedded_broker not in ("kafka", "tansu"):
+            raise BrokerError(f"no embedded broker to run (embedded_broker={settings.embedded_broker!r})")
         if settings.embedded_broker == "tansu":
             cmd = tansu_command(settings)
             env = {**os.environ, "RUST_LOG": os.environ.get("RUST_LOG", "warn")}

@@ -58,3 +58,42 @@ def test_wrong_type_in_file_is_reported(tmp_path: Path) -> None:
     toml.write_text('http_port = "x"\n')
     with pytest.raises(ConfigError, match="http_port"):
         load_settings(str(toml), environ={})
+
+
+def test_kafka_defaults_run_an_embedded_apache_kafka_on_loopback() -> None:
+    s = load_settings(environ={})
+    assert (s.kafka_bootstrap, s.embedded_broker) == ("", "kafka")
+    assert (s.kafka_host, s.kafka_port, s.kafka_controller_port) == ("127.0.0.1", 9092, 9093)
+    assert s.kafka_config == {}
+
+
+def test_kafka_bootstrap_servers_env_is_the_weakest_layer(tmp_path: Path) -> None:
+    env = {"KAFKA_BOOTSTRAP_SERVERS": "seldon:9092"}
+    assert load_settings(environ=env).kafka_bootstrap == "seldon:9092"
+    toml = tmp_path / "h.toml"
+    toml.write_text('kafka_bootstrap = "file:9092"\n')
+    assert load_settings(str(toml), environ=env).kafka_bootstrap == "file:9092"
+    env["HEADRACE_KAFKA_BOOTSTRAP"] = "ours:9092"
+    assert load_settings(environ=env).kafka_bootstrap == "ours:9092"
+    assert load_settings(overrides={"kafka_bootstrap": "flag:1"}, environ=env).kafka_bootstrap == "flag:1"
+
+
+def test_kafka_config_from_toml_table_and_env_pairs(tmp_path: Path) -> None:
+    toml = tmp_path / "h.toml"
+    toml.write_text('[kafka_config]\n"security.protocol" = "SASL_SSL"\n"sasl.mechanism" = "PLAIN"\n')
+    s = load_settings(str(toml), environ={})
+    assert s.kafka_config == {"security.protocol": "SASL_SSL", "sasl.mechanism": "PLAIN"}
+    env = {"HEADRACE_KAFKA_CONFIG": "linger.ms=5, consumer.fetch.wait.max.ms=10,sasl.password=a=b"}
+    assert load_settings(environ=env).kafka_config == {
+        "linger.ms": "5",
+        "consumer.fetch.wait.max.ms": "10",
+        "sasl.password": "a=b",
+    }
+    with pytest.raises(ConfigError, match="HEADRACE_KAFKA_CONFIG"):
+        load_settings(environ={"HEADRACE_KAFKA_CONFIG": "no-equals-sign"})
+
+
+def test_embedded_broker_is_validated() -> None:
+    assert load_settings(environ={"HEADRACE_EMBEDDED_BROKER": "tansu"}).embedded_broker == "tansu"
+    with pytest.raises(ConfigError, match="embedded_broker"):
+        load_settings(environ={"HEADRACE_EMBEDDED_BROKER": "redpanda"})
