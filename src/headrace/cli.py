@@ -20,8 +20,8 @@ def _settings_options(func: Any) -> Any:
     for f in reversed(msgspec.structs.fields(Settings)):
         flag = "--" + f.name.replace("_", "-")
         default = f.default
-        if isinstance(default, tuple):
-            continue  # list settings have dedicated options below
+        if isinstance(default, tuple) or f.default_factory is not msgspec.NODEFAULT:
+            continue  # list and table settings have dedicated options below
         kind: Any = type(default) if default is not None else str
         func = click.option(flag, f.name, type=kind, default=None, help=f"[env HEADRACE_{f.name.upper()}]")(
             func
@@ -39,15 +39,31 @@ def cli() -> None:
 @click.option("--config", "config_file", type=click.Path(dir_okay=False), help="TOML settings file")
 @click.option("--load", "load_files", multiple=True, help="Model manifest file or folder to load at start")
 @click.option("--server-file", "server_files", multiple=True, help="Seldon Server manifest to run")
+@click.option(
+    "--kafka-config",
+    "kafka_config",
+    multiple=True,
+    metavar="KEY=VALUE",
+    help="librdkafka property for every Kafka client (repeat; producer./consumer./admin. prefixes)",
+)
 @_settings_options
 def serve(
-    config_file: str | None, load_files: tuple[str, ...], server_files: tuple[str, ...], **flags: Any
+    config_file: str | None,
+    load_files: tuple[str, ...],
+    server_files: tuple[str, ...],
+    kafka_config: tuple[str, ...],
+    **flags: Any,
 ) -> None:
     """Run the supervisor: workers, model servers and the scheduler."""
     if load_files:
         flags["load_files"] = tuple(str(Path(p).resolve()) for p in load_files)
     if server_files:
         flags["server_files"] = tuple(str(Path(p).resolve()) for p in server_files)
+    if kafka_config:
+        pairs = [item.partition("=") for item in kafka_config]
+        if any(not key or not sep for key, sep, _ in pairs):
+            raise click.BadParameter("expected KEY=VALUE", param_hint="--kafka-config")
+        flags["kafka_config"] = {key.strip(): value for key, _, value in pairs}
     try:
         settings = load_settings(config_file, flags)
         settings = msgspec.structs.replace(settings, data_dir=str(Path(settings.data_dir).resolve()))

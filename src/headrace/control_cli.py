@@ -193,32 +193,54 @@ def _met(status: st.ModelStatus, condition: str) -> bool:
 @output_option
 def model_status(name: str, condition: str | None, timeout: float, control: str, output: str) -> None:
     """Show a model's status; with -w wait for a condition (ModelReady) or state (ModelAvailable)."""
-    client = ControlClient(control)
     if condition is not None and condition not in WAITABLE:
         raise click.BadParameter(f"expected one of {', '.join(sorted(WAITABLE))}", param_hint="-w")
+    client = ControlClient(control)
+    status = _wait_for(
+        "model", name, lambda: client.model_status(name), _met, st.TERMINATED, condition, timeout,
+        lambda status: _show_status(status, output),
+    )  # fmt: skip
+    if status is not None:
+        _show_status(status, output)
+
+
+S = TypeVar("S")
+
+
+def _wait_for(
+    kind: str,
+    name: str,
+    fetch: Callable[[], S],
+    met: Callable[[S, str], bool],
+    terminated: str,
+    condition: str | None,
+    timeout: float,
+    show: Callable[[S], None],
+) -> S | None:
+    """The current status, or with ``condition`` the first one meeting it (None: the resource is gone
+    and that was the wait). Keeps trying through a scheduler restart until the timeout."""
     deadline = time.monotonic() + timeout
-    status: st.ModelStatus | None = None
+    status: S | None = None
     error = ""
     while True:
         try:
-            status = client.model_status(name)
+            status = fetch()
         except ControlError as exc:
-            if exc.status == 404 and condition == st.TERMINATED:
-                click.echo(f"model {name}: {st.TERMINATED}")
-                return
+            if exc.status == 404 and condition == terminated:
+                click.echo(f"{kind} {name}: {terminated}")
+                return None
             if condition is None or exc.status != 0:
                 raise click.ClickException(exc.message) from None
             error = exc.message  # the scheduler may be restarting: keep trying until the timeout
         else:
-            if condition is None or _met(status, condition):
-                break
+            if condition is None or met(status, condition):
+                return status
         if time.monotonic() >= deadline:
             if status is not None:
-                _show_status(status, output)
+                show(status)
             suffix = f" ({error})" if error else ""
             raise click.ClickException(f"timed out after {timeout:g}s waiting for {name} {condition}{suffix}")
         time.sleep(0.1)
-    _show_status(status, output)
 
 
 def _show_status(status: st.ModelStatus, output: str) -> None:
@@ -424,29 +446,12 @@ def pipeline_status(name: str, condition: str | None, timeout: float, control: s
     if condition is not None and condition not in PIPELINE_WAITABLE:
         raise click.BadParameter(f"expected one of {', '.join(sorted(PIPELINE_WAITABLE))}", param_hint="-w")
     client = ControlClient(control)
-    deadline = time.monotonic() + timeout
-    status: st.PipelineStatus | None = None
-    error = ""
-    while True:
-        try:
-            status = client.pipeline_status(name)
-        except ControlError as exc:
-            if exc.status == 404 and condition == st.PIPELINE_TERMINATED:
-                click.echo(f"pipeline {name}: {st.PIPELINE_TERMINATED}")
-                return
-            if condition is None or exc.status != 0:
-                raise click.ClickException(exc.message) from None
-            error = exc.message  # the scheduler may be restarting: keep trying until the timeout
-        else:
-            if condition is None or _pipeline_met(status, condition):
-                break
-        if time.monotonic() >= deadline:
-            if status is not None:
-                _show_pipeline(status, output)
-            suffix = f" ({error})" if error else ""
-            raise click.ClickException(f"timed out after {timeout:g}s waiting for {name} {condition}{suffix}")
-        time.sleep(0.1)
-    _show_pipeline(status, output)
+    status = _wait_for(
+        "pipeline", name, lambda: client.pipeline_status(name), _pipeline_met, st.PIPELINE_TERMINATED,
+        condition, timeout, lambda status: _show_pipeline(status, output),
+    )  # fmt: skip
+    if status is not None:
+        _show_pipeline(status, output)
 
 
 def _show_pipeline(status: st.PipelineStatus, output: str) -> None:
