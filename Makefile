@@ -9,7 +9,7 @@ KAFKA_POM := engine/kafka/pom.xml
 KAFKA_LIBS := $(VENV)/kafka-libs
 KAFKA_STAMP := $(KAFKA_LIBS)/.stamp
 
-.PHONY: install run test lint fmt bench clean kafka-jars
+.PHONY: install run test test-tansu lint fmt bench clean kafka-jars
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -34,6 +34,11 @@ run: install
 
 test: install
 	$(BIN)/pytest -q
+
+## The pipeline smoke set on the zero-JVM embedded broker (Tansu), so the fallback keeps working.
+test-tansu: install
+	HEADRACE_TEST_BROKER=tansu $(BIN)/pytest -q tests/e2e/test_pipelines.py \
+		-k "chains or readiness or error or grpc or async or unknown or concurrent"
 
 lint: install
 	$(BIN)/ruff check .
