@@ -309,3 +309,73 @@ def test_500_concurrent_requests_each_answered_once_with_its_own_body(kserve: Se
         results = list(pool.map(one, range(500)))
     assert all(status == 200 for status, _ in results)
     assert [value for _, value in results] == [i + 1000 for i in range(500)]
+
+
+GROW = '''
+import numpy as np
+class Model:
+    """Answers with 2 MiB whatever it gets: more than the topics accept in this test."""
+    def predict(self, inputs):
+        return {"big": np.zeros(512 * 1024, dtype=np.float32)}
+'''
+
+
+def test_oversize_records_become_error_answers_not_hangs(tmp_path: Path, serve_factory: list[Serve]) -> None:
+    limit = 1024 * 1024
+    s = Serve(
+        tmp_path / "data", kafka=True, extra=["--load", str(SAMPLES), "--kafka-max-message-bytes", str(limit)]
+    )
+    serve_factory.append(s)
+    s.start()
+    cli(s, "model", "load", "-f", str(model_manifest(tmp_path, "grow", GROW)))
+    cli(
+        s,
+        "pipeline",
+        "load",
+        "-f",
+        str(
+            pipeline_manifest(
+                tmp_path, "big", "spec:\n  steps:\n  - name: sum\n  output:\n    steps: [sum]\n"
+            )
+        ),
+    )
+    cli(
+        s,
+        "pipeline",
+        "load",
+        "-f",
+        str(
+            pipeline_manifest(
+                tmp_path, "grows", "spec:\n  steps:\n  - name: grow\n  output:\n    steps: [grow]\n"
+            )
+        ),
+    )
+    for name in ("big", "grows"):
+        cli(s, "pipeline", "status", name, "-w", "PipelineReady", "--timeout", "60")
+    # the request itself is larger than the pipeline's inputs topic accepts
+    values = np.ones((1, 512 * 1024), dtype=np.float32)
+    header = orjson.dumps(
+        {
+            "inputs": [
+                {
+                    "name": "x",
+                    "shape": [1, 512 * 1024],
+                    "datatype": "FP32",
+                    "parameters": {"binary_data_size": values.nbytes},
+                }
+            ]
+        }
+    )
+    status, _, raw = http_post(
+        s.url + "/v2/pipelines/big/infer",
+        header + values.tobytes(),
+        {"Inference-Header-Content-Length": str(len(header)), "Content-Type": "application/octet-stream"},
+        30,
+    )
+    assert status == 413, raw
+    assert "too large" in orjson.loads(raw)["error"].lower()
+    # a step's output is larger than its outputs topic accepts: the model gateway's write fails and
+    # the caller hears of it at once (a timeout would be a 504)
+    status, _, out = infer_pipeline(s, "grows", body([1]))
+    assert status == 400, out
+    assert out["error"].startswith("grow : ") and "too large" in out["error"].lower()
