@@ -85,6 +85,9 @@ _SERVER_UNSUPPORTED = {
 }
 
 
+GATEWAY_WORKERS_PARAM = "modelgateway.workers"
+
+
 class ModelManifest(msgspec.Struct, frozen=True, kw_only=True):
     """A validated Seldon Model; ``path`` is the resolved absolute model folder."""
 
@@ -108,6 +111,13 @@ class ModelManifest(msgspec.Struct, frozen=True, kw_only=True):
     def inline(self) -> bool:
         """Inline models run inside every worker instead of on a server replica."""
         return self.parameters.get("inline", "").strip().lower() == "true"
+
+    @property
+    def gateway_workers(self) -> int:
+        """Parameter ``modelgateway.workers``: this model's own model-gateway concurrency (0: the
+        global MODELGATEWAY_NUM_WORKERS)."""
+        raw = self.parameters.get(GATEWAY_WORKERS_PARAM, "").strip()
+        return int(raw) if raw.isdigit() else 0
 
     def spec_key(self) -> bytes:
         """What decides the generation: everything but labels and annotations (as k8s does)."""

@@ -65,6 +65,7 @@ class DataNode:
             num_workers=settings.modelgateway_num_workers,
             max_consumers=settings.modelgateway_max_num_consumers,
             worker_timeout_s=settings.modelgateway_worker_timeout_ms / 1000,
+            workers_for=self._gateway_workers,
         )
         self.dataflow = DataflowRunner(self.producer, settings.partitions, self._dataflow_error)
         self.gateway = PipelineGateway(self.topics, self.producer, self.partitions)
@@ -121,6 +122,10 @@ class DataNode:
                     self.on_change()
 
         fut.add_done_callback(assigned)
+
+    def _gateway_workers(self, model: str) -> int | None:
+        route = self.table.models.get(model)
+        return route.gateway_workers if route is not None and route.gateway_workers > 0 else None
 
     def pipeline_ready(self, name: str) -> bool:
         route = self.table.pipelines.get(name)

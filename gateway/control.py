@@ -44,6 +44,7 @@ class ModelRoute(msgspec.Struct, frozen=True, kw_only=True):
     message: str = ""
     inline: bool = False
     spec: ModelSpec | None = None  # set for inline models: workers load them in-process
+    gateway_workers: int = 0  # this model's model-gateway concurrency; 0: the global setting
     replicas: list[ReplicaAddr] = []
     platform: str = ""
     inputs: list[TensorSpec] = []

@@ -59,19 +59,23 @@ class ModelGateway:
         self.max_consumers = max_consumers
         self.worker_timeout_s = worker_timeout_s
         self.workers_for = workers_for
-        self.slots: dict[int, Slot] = {}
+        self.slots: dict[int | str, Slot] = {}  # hash slot index, or a model with its own workers
 
     def submit(self, model: str, msg: Message) -> None:
-        """Called on the event loop for every record of ``model``'s inputs topic."""
-        index = slot_of(model, self.max_consumers)
-        slot = self.slots.get(index)
+        """Called on the event loop for every record of ``model``'s inputs topic. A model with its
+        own concurrency (``modelgateway.workers``) gets a slot of its own, so it neither waits for
+        nor holds up the models sharing its hash slot."""
+        own = self.workers_for(model) if self.workers_for else None
+        key: int | str = model if own else slot_of(model, self.max_consumers)
+        count = own or self.num_workers
+        slot = self.slots.get(key)
         if slot is None:
-            slot = self.slots[index] = Slot()
-            count = (self.workers_for(model) if self.workers_for else None) or self.num_workers
-            slot.workers = [asyncio.ensure_future(self._work(slot)) for _ in range(count)]
+            slot = self.slots[key] = Slot()
+        while len(slot.workers) < count:  # grows only: a worker is never cancelled mid-record
+            slot.workers.append(asyncio.ensure_future(self._work(slot)))
         slot.queue.put_nowait((model, msg))
 
-    def in_flight(self) -> dict[int, int]:
+    def in_flight(self) -> dict[int | str, int]:
         """Records queued or being handled, per slot (for metrics and tests)."""
         return {i: s.queue.qsize() for i, s in self.slots.items()}
 

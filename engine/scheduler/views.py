@@ -67,6 +67,7 @@ class Views:
             message=reason,
             inline=model.spec.inline,
             spec=model.spec if model.spec.inline else None,
+            gateway_workers=model.manifest.gateway_workers,
             replicas=addrs,
             platform=first.platform if first else "",
             inputs=list(first.inputs) if first else [],

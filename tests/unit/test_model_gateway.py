@@ -1,0 +1,128 @@
+"""Model gateway slots: a slow model stalls only its own slot; per-model concurrency overrides."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from headrace.engine import topics as t
+from headrace.engine.backbone.offsets import OffsetTracker
+from headrace.engine.gateways.model import ModelGateway, slot_of
+from headrace.gateway.oip.pb import pb2
+from headrace.gateway.oip.types import InferRequest, InferResponse
+from headrace.gateway.runtime.client import InferResult
+
+TOPICS = t.Topics()
+
+
+class FakeMessage:
+    def __init__(self, model: str, offset: int) -> None:
+        req = pb2.ModelInferRequest(model_name=model)
+        x = req.inputs.add(name="x", datatype="INT64", shape=[1])
+        x.contents.int64_contents.append(offset)
+        self._value = req.SerializeToString()
+        self._topic = TOPICS.model_inputs(model)
+        self._offset = offset
+
+    def topic(self) -> str:
+        return self._topic
+
+    def partition(self) -> int:
+        return 0
+
+    def offset(self) -> int:
+        return self._offset
+
+    def key(self) -> bytes:
+        return f"0.m.{self._offset}".encode()
+
+    def value(self) -> bytes:
+        return self._value
+
+    def headers(self) -> list[tuple[str, bytes]]:
+        return [("pipeline", b"p")]
+
+
+class FakeDataPlane:
+    def __init__(self, slow: str, gate: asyncio.Event) -> None:
+        self.slow, self.gate, self.running = slow, gate, 0
+        self.peak = 0
+
+    async def _infer(self, request: InferRequest) -> InferResult:
+        self.running += 1
+        self.peak = max(self.peak, self.running)
+        if request.model_name == self.slow:
+            await self.gate.wait()
+        self.running -= 1
+        return InferResult(InferResponse(model_name=request.model_name, outputs=request.inputs))
+
+    def infer(self, request: InferRequest) -> Any:
+        return self._infer(request)
+
+
+class FakeProducer:
+    def __init__(self) -> None:
+        self.records: list[tuple[str, bytes]] = []
+
+    def produce(
+        self, topic: str, partition: int, key: bytes, value: bytes, headers: Any
+    ) -> asyncio.Future[None]:
+        self.records.append((topic, key))
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        fut.set_result(None)
+        return fut
+
+
+def _two_models_in_one_slot(max_consumers: int) -> tuple[str, str]:
+    names = [f"m{i}" for i in range(200)]
+    for a in names:
+        for b in names:
+            if a != b and slot_of(a, max_consumers) == slot_of(b, max_consumers):
+                return a, b
+    raise AssertionError("no collision")
+
+
+def test_a_model_with_its_own_workers_does_not_block_its_slot_neighbour() -> None:
+    async def run() -> None:
+        slow, fast = _two_models_in_one_slot(4)
+        gate = asyncio.Event()
+        dataplane, producer = FakeDataPlane(slow, gate), FakeProducer()
+        gw = ModelGateway(
+            TOPICS, producer, dataplane, OffsetTracker(),  # type: ignore[arg-type]
+            num_workers=1, max_consumers=4, workers_for=lambda m: 3 if m == slow else None,
+        )  # fmt: skip
+        for i in range(3):
+            gw.submit(slow, FakeMessage(slow, i))  # type: ignore[arg-type]
+        gw.submit(fast, FakeMessage(fast, 10))  # type: ignore[arg-type]
+        for _ in range(50):
+            await asyncio.sleep(0)
+        assert (TOPICS.model_outputs(fast), b"0.m.10") in producer.records  # not stuck behind slow
+        assert dataplane.peak >= 3  # the slow model runs 3 at once, its own concurrency
+        assert slow in gw.slots and len(gw.slots[slow].workers) == 3
+        gate.set()
+        for _ in range(50):
+            await asyncio.sleep(0)
+        assert len(producer.records) == 4
+        gw.close()
+
+    asyncio.run(run())
+
+
+def test_models_sharing_a_slot_share_its_workers() -> None:
+    async def run() -> None:
+        slow, fast = _two_models_in_one_slot(4)
+        gate = asyncio.Event()
+        dataplane, producer = FakeDataPlane(slow, gate), FakeProducer()
+        gw = ModelGateway(TOPICS, producer, dataplane, OffsetTracker(), num_workers=1, max_consumers=4)  # type: ignore[arg-type]
+        gw.submit(slow, FakeMessage(slow, 0))  # type: ignore[arg-type]
+        gw.submit(fast, FakeMessage(fast, 1))  # type: ignore[arg-type]
+        for _ in range(50):
+            await asyncio.sleep(0)
+        assert producer.records == []  # one worker, busy with the slow model: Seldon's behaviour
+        gate.set()
+        for _ in range(50):
+            await asyncio.sleep(0)
+        assert len(producer.records) == 2
+        gw.close()
+
+    asyncio.run(run())
