@@ -262,15 +262,27 @@ def model_list(control: str, output: str) -> None:
         _models_table(statuses)
 
 
+def infer_options(func: Any) -> Any:
+    """The arguments and options shared by `model infer` and `pipeline infer`."""
+    decorators = [
+        click.argument("name"),
+        click.argument("payload", required=False),
+        click.option(
+            "-f", "--file", "payload_file", type=click.File("rb"), help="Read the request JSON from a file."
+        ),
+        click.option("--inference-host", default="127.0.0.1:9000", show_default=True, help="REST host:port."),
+        click.option(
+            "-i", "--iterations", type=int, default=1, show_default=True, help="Send the request N times."
+        ),
+        click.option("--header", "headers", multiple=True, help="Extra request header k=v."),
+    ]
+    for decorator in reversed(decorators):
+        func = decorator(func)
+    return func
+
+
 @model.command("infer")
-@click.argument("name")
-@click.argument("payload", required=False)
-@click.option(
-    "-f", "--file", "payload_file", type=click.File("rb"), help="Read the request JSON from a file."
-)
-@click.option("--inference-host", default="127.0.0.1:9000", show_default=True, help="REST host:port.")
-@click.option("-i", "--iterations", type=int, default=1, show_default=True, help="Send the request N times.")
-@click.option("--header", "headers", multiple=True, help="Extra request header k=v.")
+@infer_options
 def model_infer(
     name: str,
     payload: str | None,
@@ -470,14 +482,7 @@ def pipeline_list(control: str, output: str) -> None:
 
 
 @pipeline.command("infer")
-@click.argument("name")
-@click.argument("payload", required=False)
-@click.option(
-    "-f", "--file", "payload_file", type=click.File("rb"), help="Read the request JSON from a file."
-)
-@click.option("--inference-host", default="127.0.0.1:9000", show_default=True, help="REST host:port.")
-@click.option("-i", "--iterations", type=int, default=1, show_default=True, help="Send the request N times.")
-@click.option("--header", "headers", multiple=True, help="Extra request header k=v.")
+@infer_options
 def pipeline_infer(
     name: str,
     payload: str | None,
