@@ -53,5 +53,8 @@ fmt: install
 bench: install
 	$(BIN)/python -m loadtests.bench $(BENCH_ARGS)
 
+bench-pipelines: install
+	$(BIN)/python -m loadtests.bench.pipelines $(BENCH_ARGS)
+
 clean:
 	rm -rf $(VENV) .headrace .pytest_cache .mypy_cache .ruff_cache build *.egg-info

@@ -1,0 +1,606 @@
+"""`python -m loadtests.bench.pipelines`: per-step overhead of headrace pipelines (1- to 5-step echo chains
+through the embedded Kafka), with a Triton ensemble and a Ray Serve handle chain as anchors.
+
+Cells (REST, wrk -t1, small JSON body, closed loop):
+- light load: c=1 against the direct echo model and chain1..chain5;
+- peak: the 3-step chain at c=32;
+- half of peak: every chain at the smallest concurrency whose 3-step RPS reaches half the 3-step peak.
+"Added per step" = (chainN p50 - direct p50) / N; "slope" = least-squares slope of p50 over N = 1..5.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import orjson
+import yaml
+from rich.console import Console
+from rich.table import Table
+
+from loadtests.bench import ASSETS_DIR, CACHE_DIR, REPO_DIR, RESULTS_DIR
+from loadtests.bench.__main__ import machine_line
+from loadtests.bench.loadgen import LoadError, Measurement, run_wrk
+from loadtests.bench.payloads import JSON_HEADERS, SMALL_BODY
+from loadtests.bench.peers import TritonPeer
+from loadtests.bench.procs import (
+    Server,
+    SetupError,
+    free_ports,
+    post,
+    run_quiet,
+    start_server,
+    wait_log_line,
+    wait_ready,
+)
+from loadtests.bench.tools import ensure_wrk
+
+console = Console(width=200, highlight=False)
+HEADRACE = REPO_DIR / ".venv" / "bin" / "headrace"
+ECHO_REPO = REPO_DIR / "config" / "samples" / "model-repo" / "echo"
+ECHO_MANIFEST = REPO_DIR / "config" / "samples" / "models" / "echo.yaml"
+RAY_VENV = CACHE_DIR / "ray-venv"
+PNG = REPO_DIR / "docs" / "pipeline-latency.png"
+PEAK_CONNS = 32
+HALF_CANDIDATES = (1, 2, 4, 8, 16)
+
+
+@dataclass
+class Row:
+    """One server/target/load cell with all its repeats."""
+
+    system: str  # headrace | triton | ray
+    target: str  # direct | chainN
+    steps: int  # 0 = direct model
+    load: str  # light | half | peak
+    conns: int
+    runs: list[Measurement] = field(default_factory=list)
+    failures: list[str] = field(default_factory=list)
+
+    def p50(self) -> float | None:
+        return statistics.fmean(r.p50_ms for r in self.runs) if self.runs else None
+
+    def p99(self) -> float | None:
+        return statistics.fmean(r.p99_ms for r in self.runs) if self.runs else None
+
+    def rps(self) -> float | None:
+        return statistics.fmean(r.rps for r in self.runs) if self.runs else None
+
+    def spread(self) -> str:
+        if len(self.runs) < 2:
+            return ""
+        p = [r.p50_ms for r in self.runs]
+        return f"p50 {min(p):.2f}-{max(p):.2f}"
+
+
+class Results:
+    def __init__(self) -> None:
+        self.rows: dict[tuple[str, str, str, int], Row] = {}
+        self.notes: list[str] = []
+        self.unavailable: dict[str, str] = {}
+
+    def row(self, system: str, target: str, steps: int, load: str, conns: int) -> Row:
+        key = (system, target, load, conns)
+        if key not in self.rows:
+            self.rows[key] = Row(system, target, steps, load, conns)
+        return self.rows[key]
+
+    def get(self, system: str, target: str, load: str, conns: int) -> Row | None:
+        r = self.rows.get((system, target, load, conns))
+        return r if r and r.runs else None
+
+
+def fit_slope(points: list[tuple[int, float]]) -> float | None:
+    if len(points) < 2:
+        return None
+    xs = [float(x) for x, _ in points]
+    ys = [y for _, y in points]
+    mx, my = statistics.fmean(xs), statistics.fmean(ys)
+    den = sum((x - mx) ** 2 for x in xs)
+    return sum((x - mx) * (y - my) for x, y in zip(xs, ys, strict=True)) / den if den else None
+
+
+class Bench:
+    def __init__(self, args: argparse.Namespace, work: Path, results: Results) -> None:
+        self.args = args
+        self.work = work
+        self.res = results
+        self.wrk = ensure_wrk()
+        self.body = work / "body.json"
+        self.body.write_bytes(SMALL_BODY)
+        self.half_c: dict[str, int] = {}
+
+    def measure(
+        self, row: Row, url: str, headers: dict[str, str], server: Server, seconds: float | None = None
+    ) -> Measurement | None:
+        """Check one request answers 200, warm up, measure; a non-2xx or socket error fails the cell."""
+        status, reply = post(url, SMALL_BODY, {**JSON_HEADERS, **headers})
+        label = f"{row.system} {row.target} {row.load} c={row.conns}"
+        if status != 200:
+            msg = f"sanity request answered {status}: {reply[:200]!r}"
+            row.failures.append(msg)
+            console.print(f"  {label:<34} [red]FAILED: {msg}[/red]")
+            return None
+        dur = seconds if seconds is not None else self.args.duration
+
+        def go(d: float) -> Measurement:
+            return run_wrk(
+                self.wrk,
+                url,
+                self.body,
+                {**JSON_HEADERS, **headers},
+                conns=row.conns,
+                duration=d,
+                threads=1,
+                timeout_s=10.0,
+                workdir=self.work,
+            )
+
+        try:
+            if self.args.warmup > 0:
+                go(self.args.warmup)
+            m = go(dur)
+        except LoadError as exc:
+            alive = "" if server.alive() else f" (server exited: {server.log_tail(3)})"
+            row.failures.append(f"{exc}{alive}")
+            console.print(f"  {label:<34} [red]FAILED: {exc}{alive}[/red]")
+            return None
+        if m.errors:
+            msg = f"{m.errors} errors ({m.error_detail}) of {m.requests} requests"
+            row.failures.append(msg)
+            console.print(f"  {label:<34} [red]FAILED: {msg}[/red]")
+            return None
+        row.runs.append(m)
+        console.print(f"  {label:<34} {m.rps:8,.0f} rps  p50 {m.p50_ms:7.2f} ms  p99 {m.p99_ms:7.2f} ms")
+        return m
+
+    # ---------------------------------------------------------------- headrace
+    def headrace(self, rep: int) -> None:
+        wd = self.work / f"headrace-{rep}"
+        models = wd / "models"
+        pipes = wd / "pipelines"
+        models.mkdir(parents=True)
+        pipes.mkdir(parents=True)
+        base_doc = yaml.safe_load(ECHO_MANIFEST.read_text())
+        names = ["echo"] + [f"echo{i}" for i in range(2, 6)]
+        for name in names:
+            doc = dict(base_doc)
+            doc["metadata"] = {"name": name}
+            doc["spec"] = {**base_doc["spec"], "storageUri": str(ECHO_REPO)}
+            (models / f"{name}.yaml").write_text(yaml.safe_dump(doc, sort_keys=False))
+        for n in range(1, 6):
+            steps: list[dict[str, Any]] = [{"name": names[0]}]
+            steps += [{"name": names[i], "inputs": [names[i - 1]]} for i in range(1, n)]
+            doc = {
+                "apiVersion": "mlops.seldon.io/v1alpha1",
+                "kind": "Pipeline",
+                "metadata": {"name": f"chain{n}"},
+                "spec": {"steps": steps, "output": {"steps": [names[n - 1]]}},
+            }
+            (pipes / f"chain{n}.yaml").write_text(yaml.safe_dump(doc, sort_keys=False))
+        http, grpc, control, kafka, kctl = free_ports(5)
+        cmd = [
+            str(HEADRACE),
+            "serve",
+            "--http-port",
+            str(http),
+            "--grpc-port",
+            str(grpc),
+            "--control-port",
+            str(control),
+            "--kafka-port",
+            str(kafka),
+            "--kafka-controller-port",
+            str(kctl),
+            "--data-dir",
+            str(wd / "data"),
+            "--workers",
+            str(self.args.workers),
+            "--load",
+            str(models),
+        ]
+        console.print(f"[bold]run {rep + 1}: starting headrace (embedded Kafka)[/bold]")
+        server = start_server("headrace", cmd, log_path=wd / "headrace.log", cwd=wd)
+        try:
+            base = f"http://127.0.0.1:{http}"
+            for name in names:
+                wait_ready(server, f"{base}/v2/models/{name}/ready", 180.0)
+            env = dict(os.environ, HEADRACE_CONTROL_URL=f"http://127.0.0.1:{control}")
+            run_quiet([str(HEADRACE), "pipeline", "load", "-f", str(pipes)], timeout=120, env=env)
+            for n in range(1, 6):
+                run_quiet(
+                    [
+                        str(HEADRACE),
+                        "pipeline",
+                        "status",
+                        f"chain{n}",
+                        "-w",
+                        "PipelineReady",
+                        "--timeout",
+                        "120",
+                    ],
+                    timeout=150,
+                    env=env,
+                )
+            self._chain_cells("headrace", server, base, 5, pipeline_header=True)
+        except SetupError as exc:
+            console.print(f"[yellow]  headrace: did not start: {exc}[/yellow]")
+            self.res.notes.append(f"headrace run {rep + 1} did not start: {exc}")
+        finally:
+            server.stop()
+
+    def _chain_cells(
+        self, system: str, server: Server, base: str, max_steps: int, *, pipeline_header: bool
+    ) -> None:
+        def target(n: int) -> tuple[str, dict[str, str]]:
+            if n == 0:
+                return f"{base}/v2/models/echo/infer", {}
+            name = f"chain{n}"
+            hdr = {"Seldon-Model": f"{name}.pipeline"} if pipeline_header else {}
+            return f"{base}/v2/models/{name}/infer", hdr
+
+        for n in range(0, max_steps + 1):
+            url, hdr = target(n)
+            self.measure(
+                self.res.row(system, "direct" if n == 0 else f"chain{n}", n, "light", 1), url, hdr, server
+            )
+        if max_steps < 3:
+            return
+        url, hdr = target(3)
+        peak = self.measure(self.res.row(system, "chain3", 3, "peak", PEAK_CONNS), url, hdr, server)
+        if system != "headrace" or peak is None:
+            return
+        # half of peak: smallest concurrency whose 3-step RPS reaches half the 3-step peak, chosen in
+        # the first repeat and kept for the others so that repeats of a cell are comparable
+        if system in self.half_c:
+            self.measure_half(system, server, target, max_steps, self.half_c[system])
+            return
+        half_c = HALF_CANDIDATES[-1]
+        for c in HALF_CANDIDATES:
+            probe = Row(system, "chain3", 3, "probe", c)
+            m = self.measure(probe, url, hdr, server, seconds=max(2.0, self.args.duration / 2))
+            if m is not None and m.rps >= peak.rps / 2:
+                half_c = c
+                break
+        self.half_c[system] = half_c
+        self.res.notes.append(
+            f"{system}: 3-step peak {peak.rps:,.0f} rps at c={PEAK_CONNS}; half-peak load = c={half_c} "
+            "(smallest of 1,2,4,8,16 reaching half the peak on chain3 in the first repeat), same c for "
+            "every chain and every repeat"
+        )
+        self.measure_half(system, server, target, max_steps, half_c)
+
+    def measure_half(
+        self,
+        system: str,
+        server: Server,
+        target: Callable[[int], tuple[str, dict[str, str]]],
+        max_steps: int,
+        half_c: int,
+    ) -> None:
+        for n in range(0, max_steps + 1):
+            url, hdr = target(n)
+            row = self.res.row(system, "direct" if n == 0 else f"chain{n}", n, "half", half_c)
+            self.measure(row, url, hdr, server)
+
+    # ---------------------------------------------------------------- triton
+    def triton(self, rep: int) -> None:
+        peer = TritonPeer()
+        try:
+            peer.prepare()
+        except SetupError as exc:
+            self.res.unavailable["triton"] = str(exc)
+            return
+        wd = self.work / f"triton-{rep}"
+        repo = wd / "models"
+        names = ["echo", "echo2", "echo3"]
+        tpl = (ASSETS_DIR / "triton" / "config.pbtxt").read_text()
+        for name in names:
+            (repo / name / "1").mkdir(parents=True)
+            (repo / name / "config.pbtxt").write_text(tpl.replace('name: "echo"', f'name: "{name}"'))
+            shutil.copy(ASSETS_DIR / "triton" / "model.py", repo / name / "1" / "model.py")
+        for n in range(1, 4):
+            (repo / f"chain{n}" / "1").mkdir(parents=True)
+            (repo / f"chain{n}" / "config.pbtxt").write_text(ensemble_config(f"chain{n}", names[:n]))
+        http, grpc = free_ports(2)
+        env = dict(os.environ, LD_LIBRARY_PATH=str(peer.home / "libs"))
+        cmd = [
+            str(peer.home / "bin" / "tritonserver"),
+            f"--model-repository={repo}",
+            f"--backend-directory={peer.home / 'backends'}",
+            f"--cache-directory={peer.home / 'caches'}",
+            f"--http-port={http}",
+            f"--grpc-port={grpc}",
+            "--http-address=127.0.0.1",
+            "--grpc-address=127.0.0.1",
+            "--allow-metrics=false",
+            "--exit-on-error=true",
+        ]
+        console.print(f"[bold]run {rep + 1}: starting Triton (ensembles chain1..chain3)[/bold]")
+        server = start_server("triton", cmd, log_path=wd / "triton.log", cwd=wd, env=env)
+        try:
+            base = f"http://127.0.0.1:{http}"
+            wait_ready(server, f"{base}/v2/models/chain3/ready", 120.0)
+            self._chain_cells("triton", server, base, 3, pipeline_header=False)
+        except SetupError as exc:
+            console.print(f"[yellow]  triton: did not start: {exc}[/yellow]")
+            self.res.unavailable["triton"] = str(exc)
+        finally:
+            server.stop()
+
+    # ---------------------------------------------------------------- ray
+    def ray(self, rep: int) -> None:
+        py = RAY_VENV / "bin" / "python"
+        if "ray" in self.res.unavailable:
+            return
+        try:
+            if not py.exists() or subprocess.run([str(py), "-c", "import ray.serve"], check=False).returncode:
+                run_quiet([sys.executable, "-m", "venv", str(RAY_VENV)], timeout=120)
+                run_quiet([str(py), "-m", "pip", "install", "-q", "ray[serve]"], timeout=480)
+        except SetupError as exc:
+            self.res.unavailable["ray"] = f"install failed: {exc}"
+            return
+        wd = self.work / f"ray-{rep}"
+        wd.mkdir(parents=True)
+        (port,) = free_ports(1)
+        cmd = [str(py), str(ASSETS_DIR / "ray" / "chain.py"), str(port), "3"]
+        console.print(f"[bold]run {rep + 1}: starting Ray Serve (3 deployments by handle)[/bold]")
+        env = dict(os.environ, RAY_USAGE_STATS_ENABLED="0")
+        server = start_server("ray", cmd, log_path=wd / "ray.log", cwd=wd, env=env)
+        try:
+            wait_log_line(server, "READY", 240.0)
+            url = f"http://127.0.0.1:{port}/"
+            self.measure(self.res.row("ray", "chain3", 3, "light", 1), url, {}, server)
+            self.measure(self.res.row("ray", "chain3", 3, "peak", PEAK_CONNS), url, {}, server)
+            version = subprocess.run(
+                [str(py), "-c", "import ray; print(ray.__version__)"],
+                capture_output=True,
+                text=True,
+                check=False,
+            ).stdout.strip()
+            note = (
+                f"Ray Serve {version} (own venv): 3 deployments, 1 replica each, ray_actor_options "
+                "num_cpus=0.1 (the default 1 CPU per replica cannot place 3 replicas on 2 cores), "
+                "HTTP ingress is deployment 1; it returns the inputs as outputs in JSON."
+            )
+            if note not in self.res.notes:
+                self.res.notes.append(note)
+        except SetupError as exc:
+            console.print(f"[yellow]  ray: did not start: {exc}[/yellow]")
+            self.res.unavailable["ray"] = f"did not start: {exc}"
+        finally:
+            server.stop(timeout=30)
+
+
+def ensemble_config(name: str, steps: list[str]) -> str:
+    parts = []
+    for i, model in enumerate(steps):
+        src = "input-0" if i == 0 else f"t{i}"
+        dst = "output-0" if i == len(steps) - 1 else f"t{i + 1}"
+        parts.append(
+            f'    {{ model_name: "{model}" model_version: -1 '
+            f'input_map {{ key: "input-0" value: "{src}" }} '
+            f'output_map {{ key: "output-0" value: "{dst}" }} }}'
+        )
+    return (
+        f'name: "{name}"\nplatform: "ensemble"\nmax_batch_size: 0\n'
+        'input [ { name: "input-0" data_type: TYPE_FP32 dims: [ -1, -1 ] } ]\n'
+        'output [ { name: "output-0" data_type: TYPE_FP32 dims: [ -1, -1 ] } ]\n'
+        "ensemble_scheduling {\n  step [\n" + ",\n".join(parts) + "\n  ]\n}\n"
+    )
+
+
+# -------------------------------------------------------------------- report
+def fmt(x: float | None, spec: str = ".2f") -> str:
+    return "—" if x is None else format(x, spec)
+
+
+def table_rows(res: Results) -> list[list[str]]:
+    out = []
+    for system in ("headrace", "triton", "ray"):
+        for load in ("light", "half", "peak"):
+            for row in sorted(
+                (r for r in res.rows.values() if r.system == system and r.load == load),
+                key=lambda r: (r.conns, r.steps),
+            ):
+                direct = res.get(system, "direct", load, row.conns)
+                added = "—"
+                p50 = row.p50()
+                if direct and row.steps and p50 is not None:
+                    d = direct.p50()
+                    assert d is not None
+                    added = f"{(p50 - d) / row.steps:.2f}"
+                status = "; ".join(row.failures)[:80] if row.failures else ""
+                out.append(
+                    [
+                        system,
+                        row.target,
+                        str(row.steps),
+                        f"{load} c={row.conns}",
+                        fmt(row.rps(), ",.0f"),
+                        fmt(p50),
+                        fmt(row.p99()),
+                        added,
+                        f"{len(row.runs)} {row.spread()}".strip(),
+                        status,
+                    ]
+                )
+    return out
+
+
+HEADER = [
+    "system",
+    "target",
+    "steps",
+    "load",
+    "RPS",
+    "p50 ms",
+    "p99 ms",
+    "added/step ms",
+    "runs (spread)",
+    "failures",
+]
+
+
+def slopes(res: Results) -> list[str]:
+    lines = []
+    for system in ("headrace", "triton"):
+        for load in ("light", "half"):
+            pts = [
+                (r.steps, r.p50() or 0.0)
+                for r in res.rows.values()
+                if r.system == system and r.load == load and r.steps and r.runs
+            ]
+            s = fit_slope(sorted(pts))
+            if s is not None:
+                lines.append(
+                    f"{system} {load}: p50 slope {s:.2f} ms per step "
+                    f"(least squares over N={min(pts)[0]}..{max(pts)[0]})"
+                )
+    return lines
+
+
+def plot(res: Results, path: Path) -> str | None:
+    for site in sorted((CACHE_DIR / "tools-venv" / "lib").glob("python3*/site-packages")):
+        if str(site) not in sys.path:
+            sys.path.append(str(site))  # matplotlib lives in the harness's tools venv, not the runtime deps
+    try:
+        import matplotlib  # type: ignore[import-not-found]
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt  # type: ignore[import-not-found]
+    except ImportError as exc:
+        return f"no plot: {exc}"
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    styles = {
+        ("headrace", "light"): ("o-", "headrace, c=1"),
+        ("headrace", "half"): ("s--", "headrace, half of peak"),
+        ("triton", "light"): ("^-", "Triton ensemble (Python backend), c=1"),
+        ("ray", "light"): ("D", "Ray Serve handles, c=1"),
+    }
+    for (system, load), (style, label) in styles.items():
+        pts = sorted(
+            (r.steps, r.p50() or 0.0)
+            for r in res.rows.values()
+            if r.system == system and r.load == load and r.runs
+        )
+        half = next((r.conns for r in res.rows.values() if r.system == system and r.load == load), 0)
+        if load == "half":
+            label += f" (c={half})"
+        if pts:
+            ax.plot([p[0] for p in pts], [p[1] for p in pts], style, label=label)
+    ax.set_xlabel("pipeline steps (0 = the echo model called directly)")
+    ax.set_ylabel("p50 latency, ms (REST, small JSON body)")
+    ax.set_yscale("log")
+    ax.set_xticks(range(0, 6))
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=8)
+    ax.set_title("Echo chain latency vs step count")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    return None
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m loadtests.bench.pipelines", description=__doc__)
+    p.add_argument("--duration", type=float, default=8.0, help="seconds per measured run (default 8)")
+    p.add_argument("--warmup", type=float, default=1.0, help="seconds of unmeasured load before each run")
+    p.add_argument("--repeats", type=int, default=1, help="runs per cell, each on a fresh server")
+    p.add_argument("--workers", type=int, default=2, help="headrace --workers (default 2)")
+    p.add_argument("--only", default="headrace,triton,ray", help="subset of headrace,triton,ray")
+    p.add_argument("--out", type=Path, default=RESULTS_DIR)
+    p.add_argument("--png", type=Path, default=PNG)
+    args = p.parse_args(argv)
+    only = {x.strip() for x in args.only.split(",") if x.strip()}
+    res = Results()
+    machine = machine_line()
+    console.print(machine)
+    CACHE_DIR.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix="bench-pipelines-", dir=CACHE_DIR))
+    bench = Bench(args, work, res)
+    runners: list[tuple[str, Callable[[int], None]]] = [
+        ("headrace", bench.headrace),
+        ("triton", bench.triton),
+        ("ray", bench.ray),
+    ]
+    try:
+        for rep in range(args.repeats):
+            for key, fn in runners:
+                if key in only:
+                    fn(rep)
+    except KeyboardInterrupt:
+        res.notes.append("interrupted: partial results")
+    res.notes += slopes(res)
+    res.notes.append(
+        "added/step = (chainN p50 - direct echo p50 at the same load) / N. headrace chains go through the "
+        f"embedded Apache Kafka (N steps = N+1 topic hops), --workers {args.workers}; Triton: ensemble of "
+        "Python-backend echo steps; Ray Serve: 3 deployments calling each other by DeploymentHandle, "
+        "max_ongoing_requests=64. All REST via wrk -t1 on the same cores; a cell with any non-2xx or "
+        "socket error is marked failed."
+    )
+    problem = plot(res, args.png)
+    if problem:
+        res.notes.append(problem)
+    rows = table_rows(res)
+    table = Table(title="Pipeline latency: echo chains")
+    for h in HEADER:
+        table.add_column(h)
+    for r in rows:
+        table.add_row(*r)
+    console.print(table)
+    for n in res.notes:
+        console.print(f"- {n}")
+    for k, v in res.unavailable.items():
+        console.print(f"- [yellow]{k}: not available: {v}[/yellow]")
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+    args.out.mkdir(parents=True, exist_ok=True)
+    md = args.out / f"pipelines-{stamp}.md"
+    config = f"{args.duration:g} s per run after {args.warmup:g} s warm-up, {args.repeats} repeat(s)"
+    lines = [f"# Pipeline benchmark {stamp}", "", f"Machine: {machine}", "", f"Config: {config}", ""]
+    lines += ["| " + " | ".join(HEADER) + " |", "|" + "---|" * len(HEADER)]
+    lines += ["| " + " | ".join(r) + " |" for r in rows]
+    lines += [""] + [f"- {n}" for n in res.notes]
+    lines += [f"- {k}: not available: {v}" for k, v in res.unavailable.items()]
+    if not problem:
+        lines += [
+            "",
+            f"Plot: `{args.png.relative_to(REPO_DIR) if args.png.is_relative_to(REPO_DIR) else args.png}`",
+        ]
+    md.write_text("\n".join(lines) + "\n")
+    js = md.with_suffix(".json")
+    js.write_bytes(
+        orjson.dumps(
+            {
+                "machine": machine,
+                "config": config,
+                "rows": [
+                    {
+                        **{k: v for k, v in asdict(r).items() if k != "runs"},
+                        "runs": [m.to_json() for m in r.runs],
+                    }
+                    for r in res.rows.values()
+                ],
+                "notes": res.notes,
+                "unavailable": res.unavailable,
+            },
+            option=orjson.OPT_INDENT_2,
+        )
+    )
+    console.print(f"written: {md} and {js.name}; plot {args.png}")
+    shutil.rmtree(work, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
