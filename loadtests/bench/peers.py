@@ -248,18 +248,7 @@ class TritonPeer(Peer):
         shutil.copy(ASSETS_DIR / "triton" / "config.pbtxt", repo / "echo" / "config.pbtxt")
         shutil.copy(ASSETS_DIR / "triton" / "model.py", repo / "echo" / "1" / "model.py")
         env = dict(os.environ, LD_LIBRARY_PATH=str(self.home / "libs"))
-        cmd = [
-            str(self.home / "bin" / "tritonserver"),
-            f"--model-repository={repo}",
-            f"--backend-directory={self.home / 'backends'}",
-            f"--cache-directory={self.home / 'caches'}",
-            f"--http-port={http}",
-            f"--grpc-port={grpc}",
-            "--http-address=127.0.0.1",
-            "--grpc-address=127.0.0.1",
-            "--allow-metrics=false",
-            "--exit-on-error=true",
-        ]
+        cmd = triton_command(self.home, repo, http, grpc)
         server = start_server(self.key, cmd, log_path=workdir / "triton.log", cwd=workdir, env=env)
         base = f"http://127.0.0.1:{http}"
         _ready_or_stop(server, f"{base}/v2/models/echo/ready")
@@ -359,4 +348,20 @@ def all_peers(headrace_workers: int) -> list[Peer]:
         TritonPeer(),
         HeadracePeer("process", headrace_workers),
         HeadracePeer("inline", headrace_workers),
+    ]
+
+
+def triton_command(home: Path, repo: Path, http: int, grpc: int) -> list[str]:
+    """The tritonserver command line for a model repository, on loopback, metrics off."""
+    return [
+        str(home / "bin" / "tritonserver"),
+        f"--model-repository={repo}",
+        f"--backend-directory={home / 'backends'}",
+        f"--cache-directory={home / 'caches'}",
+        f"--http-port={http}",
+        f"--grpc-port={grpc}",
+        "--http-address=127.0.0.1",
+        "--grpc-address=127.0.0.1",
+        "--allow-metrics=false",
+        "--exit-on-error=true",
     ]

@@ -32,7 +32,7 @@ from loadtests.bench import ASSETS_DIR, CACHE_DIR, REPO_DIR, RESULTS_DIR
 from loadtests.bench.__main__ import machine_line
 from loadtests.bench.loadgen import LoadError, Measurement, run_wrk
 from loadtests.bench.payloads import JSON_HEADERS, SMALL_BODY
-from loadtests.bench.peers import TritonPeer
+from loadtests.bench.peers import TritonPeer, triton_command
 from loadtests.bench.procs import (
     Server,
     SetupError,
@@ -314,18 +314,7 @@ class Bench:
             (repo / f"chain{n}" / "config.pbtxt").write_text(ensemble_config(f"chain{n}", names[:n]))
         http, grpc = free_ports(2)
         env = dict(os.environ, LD_LIBRARY_PATH=str(peer.home / "libs"))
-        cmd = [
-            str(peer.home / "bin" / "tritonserver"),
-            f"--model-repository={repo}",
-            f"--backend-directory={peer.home / 'backends'}",
-            f"--cache-directory={peer.home / 'caches'}",
-            f"--http-port={http}",
-            f"--grpc-port={grpc}",
-            "--http-address=127.0.0.1",
-            "--grpc-address=127.0.0.1",
-            "--allow-metrics=false",
-            "--exit-on-error=true",
-        ]
+        cmd = triton_command(peer.home, repo, http, grpc)
         console.print(f"[bold]run {rep + 1}: starting Triton (ensembles chain1..chain3)[/bold]")
         server = start_server("triton", cmd, log_path=wd / "triton.log", cwd=wd, env=env)
         try:
