@@ -250,15 +250,25 @@ class HttpProtocol(asyncio.Protocol):
         self._next()
 
     async def _drain(self) -> None:
-        while self.transport is not None and self.transport.get_write_buffer_size():
-            if self.drained is None:
-                self.drained = asyncio.Event()
-            self.drained.clear()
-            if not self.write_paused:
-                # below the high-water mark: the loop empties the buffer on its own soon
-                await asyncio.sleep(0)
-                continue
-            await self.drained.wait()
+        """Wait until the kernel has every byte: the body may point into shared memory."""
+        transport = self.transport
+        if transport is None or not transport.get_write_buffer_size():
+            return
+        if self.drained is None:
+            self.drained = asyncio.Event()
+        # with a high-water mark of 0 the transport pauses us while anything is buffered and resumes
+        # us once the buffer is empty: an event to wait on, not a loop to spin
+        transport.set_write_buffer_limits(high=0)
+        try:
+            while self.transport is not None and self.transport.get_write_buffer_size():
+                self.drained.clear()
+                if self.write_paused:
+                    await self.drained.wait()
+                else:
+                    await asyncio.sleep(0.001)  # not paused yet: the transport decides on its next write
+        finally:
+            if self.transport is not None:
+                self.transport.set_write_buffer_limits()
 
     def _next(self) -> None:
         while self.queue and not self.busy and self.transport is not None:

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 import numpy as np
 
 from headrace.gateway.oip.types import Tensor
@@ -57,7 +55,3 @@ def from_wire(wire: WireTensor, arenas: tuple[Arena | None, Arena | None]) -> Te
         data=wire.data,
         parameters=wire.parameters or {},
     )
-
-
-def params_or_none(params: dict[str, Any]) -> dict[str, Any] | None:
-    return params or None
