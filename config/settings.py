@@ -61,6 +61,10 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     partitions: int = 8
     # A synchronous pipeline call not answered by then gets an error (a pipeline may set its own).
     pipeline_timeout_s: float = 60.0
+    # Local hops: a pipeline step's record for a partition this worker owns is written to Kafka and
+    # also handed to the next step in memory, so a hop does not wait for the broker's round trip
+    # (false: every hop goes through the broker, as in Seldon).
+    local_hops: bool = True
     # Model gateway (Seldon's names work as env: MODELGATEWAY_NUM_WORKERS, ...MAX_NUM_CONSUMERS,
     # ...WORKER_TIMEOUT_MS).
     modelgateway_num_workers: int = 8

@@ -1,5 +1,6 @@
 """A worker's Kafka roles together: model gateway, dataflow and pipeline gateway over one consumer
-and one producer, for the partitions this worker owns (p % workers == index)."""
+and one producer, for the partitions this worker owns (p % workers == index); records for its own
+partitions are also handed over in memory (local hops, see backbone.loopback)."""
 
 from __future__ import annotations
 
@@ -17,13 +18,20 @@ from headrace.config.pipelines import parse_pipelines
 from headrace.config.settings import Settings
 from headrace.engine import topics as t
 from headrace.engine.backbone.consumer import PartitionConsumer
+from headrace.engine.backbone.loopback import HopLedger, LocalRecord, LoopbackProducer
 from headrace.engine.backbone.offsets import OffsetTracker
 from headrace.engine.backbone.producer import AsyncProducer
+from headrace.engine.backbone.record import Record
 from headrace.engine.dataflow.graph import PipelineGraph, compile_pipeline
 from headrace.engine.dataflow.runner import DataflowRunner
 from headrace.engine.gateways.model import ModelGateway
 from headrace.engine.gateways.pipeline import PipelineGateway, Reply, Target
-from headrace.engine.kafka.config import admin_config, consumer_config, producer_config
+from headrace.engine.kafka.config import (
+    admin_config,
+    dataplane_consumer_config,
+    hop_producer_config,
+    producer_config,
+)
 from headrace.engine.kafka.ready import BrokerNotReady, wait_ready
 from headrace.gateway.control import RoutingTable
 from headrace.gateway.dataplane import DataPlane
@@ -51,30 +59,49 @@ class DataNode:
         self.loop = loop
         self.topics = t.Topics(settings.topic_prefix, settings.namespace)
         self.partitions = owned_partitions(settings.partitions, settings.worker_count, index)
+        # the records a caller waits for (what the pipeline gateway writes) go out at once; with
+        # local hops, the steps' records go through a second producer that batches them
         self.producer = AsyncProducer(producer_config(settings), loop)
+        self.hop_producer = (
+            AsyncProducer(hop_producer_config(settings), loop) if settings.local_hops else self.producer
+        )
         group = f"{settings.topic_prefix}-{settings.namespace}-headrace-dataplane"
         self.consumer = PartitionConsumer(
-            consumer_config(settings, group), self.partitions, loop, self._dispatch
+            dataplane_consumer_config(settings, group), self.partitions, loop, self._dispatch
         )
         self.tracker = OffsetTracker()
+        self.hops = HopLedger()
+        self._owned = frozenset(self.partitions)
+        self._wanted: frozenset[str] = frozenset()
+        self.writer = self._loopback(self.hop_producer)
         self.models = ModelGateway(
             self.topics,
-            self.producer,
+            self.writer,
             dataplane,
-            self.tracker,
             num_workers=settings.modelgateway_num_workers,
             max_consumers=settings.modelgateway_max_num_consumers,
             worker_timeout_s=settings.modelgateway_worker_timeout_ms / 1000,
             workers_for=self._gateway_workers,
         )
-        self.dataflow = DataflowRunner(self.producer, settings.partitions, self._dataflow_error)
-        self.gateway = PipelineGateway(self.topics, self.producer, self.partitions)
+        self.dataflow = DataflowRunner(self.writer, settings.partitions, self._dataflow_error)
+        self.gateway = PipelineGateway(self.topics, self._loopback(self.producer), self.partitions)
         self.table = RoutingTable()
         self.running: dict[str, int] = {}  # pipeline -> version whose topics this worker consumes
         self.errors: dict[str, str] = {}
         self.on_change: Callable[[], None] | None = None
         self._commit_timer: asyncio.TimerHandle | None = None
         self._generation = 0
+
+    def _loopback(self, producer: AsyncProducer) -> LoopbackProducer:
+        return LoopbackProducer(
+            producer,
+            self.hops,
+            self._is_local,
+            self._deliver_local,
+            self.loop,
+            on_lost=self._hop_lost,
+            enabled=self.settings.local_hops,
+        )
 
     async def start(self) -> None:
         """Open the Kafka clients once the broker answers (it may start after the workers)."""
@@ -86,6 +113,8 @@ class DataNode:
             except BrokerNotReady as exc:
                 log.warning("%s; still waiting", exc.message)
         self.producer.start()
+        if self.hop_producer is not self.producer:
+            self.hop_producer.start()
         self.consumer.start()
         self._commit_timer = self.loop.call_later(COMMIT_INTERVAL_S, self._commit)
         self.update(self.table)
@@ -113,6 +142,7 @@ class DataNode:
         versions = {name: table.pipelines[name].version for name in graphs}
         self._generation += 1
         generation = self._generation
+        self._wanted = frozenset(wanted)
         fut = self.consumer.set_topics(wanted)
 
         def assigned(f: asyncio.Future[None]) -> None:
@@ -169,34 +199,57 @@ class DataNode:
                 raise HeadraceError(f"pipeline '{name}' is not ready: {why}", kind=ErrorKind.UNAVAILABLE)
             await asyncio.sleep(0.05)
 
-    # -- consumed records (event loop) ------------------------------------------------------------
+    # -- records, consumed or handed over in memory (event loop) --------------------------------
+    def _is_local(self, topic: str, partition: int) -> bool:
+        return partition in self._owned and topic in self._wanted
+
     def _dispatch(self, msgs: list[Message]) -> None:
-        errors_topic = self.topics.errors
+        """Records from the consumer thread. A copy of a record this process handed over in memory
+        is not handled again: it is committed once the in-memory handling is done."""
+        own = self.hops.own
+        tracker = self.tracker
         for msg in msgs:
             if msg.error() is not None:
                 log.warning("consumer: %s", msg.error())
                 continue
-            topic = msg.topic() or ""
-            ref = self.topics.parse(topic)
-            tp = (topic, msg.partition() or 0)
+            tp = (msg.topic() or "", msg.partition() or 0)
             offset = msg.offset() or 0
-            is_model_input = ref is not None and ref.kind == t.MODEL and ref.direction == t.INPUTS
-            if is_model_input and ref is not None and ref.name in self.table.models:
-                self.tracker.begin(tp, offset)
-                self.models.submit(ref.name, msg)
-                continue
-            if topic == errors_topic or (ref is not None and ref.direction == t.OUTPUTS):
-                self.gateway.on_reply(msg)
-            if self.dataflow.handles(topic):
-                futures = self.dataflow.on_record(msg)
-                if futures:
-                    self.tracker.begin(tp, offset)
-                    _when_all(futures, functools.partial(self.tracker.done, tp, offset))
+            tracker.begin(tp, offset)
+            done = functools.partial(tracker.done, tp, offset)
+            seq = own(msg.headers())
+            if seq is not None:
+                self.hops.returned(seq, done)
+            else:
+                self._route(msg, done)
 
-    def _dataflow_error(self, msg: Message, message: str) -> None:
+    def _deliver_local(self, record: LocalRecord) -> None:
+        self._route(record, functools.partial(self.hops.handled, record.seq))
+
+    def _route(self, msg: Record, done: Callable[[], None]) -> None:
+        """Hand a record to the roles that want it; ``done`` once they have all finished with it."""
+        topic = msg.topic() or ""
+        ref = self.topics.parse(topic)
+        if ref is not None and ref.kind == t.MODEL and ref.direction == t.INPUTS:
+            if ref.name in self.table.models:
+                self.models.submit(ref.name, msg, done)
+                return
+        elif topic == self.topics.errors or (ref is not None and ref.direction == t.OUTPUTS):
+            self.gateway.on_reply(msg)
+        if self.dataflow.handles(topic):
+            futures = self.dataflow.on_record(msg)
+            if futures:
+                _when_all(futures, done)
+                return
+        done()
+
+    def _hop_lost(self, record: LocalRecord, exc: BaseException) -> None:
+        """A record already handed over in memory could not be written: fail its caller, if waiting."""
+        self.gateway.fail(record.key(), f"writing to {record.topic()} failed: {exc}")
+
+    def _dataflow_error(self, msg: Record, message: str) -> None:
         raw = msg.headers() or []
         headers = list(raw.items() if isinstance(raw, dict) else raw)
-        self.producer.produce(
+        self.writer.produce(
             self.topics.errors,
             t.partition_of(msg.key(), self.settings.partitions),
             msg.key() or b"",
@@ -206,6 +259,7 @@ class DataNode:
 
     def _commit(self) -> None:
         self.consumer.commit(self.tracker.to_commit())
+        self.hops.sweep()
         self._commit_timer = self.loop.call_later(COMMIT_INTERVAL_S, self._commit)
 
     def close(self) -> None:
@@ -215,6 +269,8 @@ class DataNode:
         self.models.close()
         self.gateway.fail_all("worker is shutting down")
         self.consumer.stop()
+        if self.hop_producer is not self.producer:
+            self.hop_producer.close()
         self.producer.close()
 
 

@@ -136,6 +136,7 @@ class PartitionConsumer:
         tps = [TopicPartition(t, p) for t in sorted(topics) for p in self.partitions]
         committed = consumer.committed(tps, timeout=10)
         out = []
+        fresh = []
         for tp in committed:
             if tp.offset >= 0:
                 out.append(TopicPartition(tp.topic, tp.partition, tp.offset))
@@ -143,6 +144,12 @@ class PartitionConsumer:
                 # never committed: start at the current end, resolved now so nothing slips past
                 _, high = consumer.get_watermark_offsets(TopicPartition(tp.topic, tp.partition), timeout=10)
                 out.append(TopicPartition(tp.topic, tp.partition, high if high >= 0 else OFFSET_END))
+                if high >= 0:
+                    fresh.append(TopicPartition(tp.topic, tp.partition, high))
+        if fresh:
+            # and commit that start, so that a worker dying before its first commit resumes there
+            # instead of at the end again (which would skip the records it was handling)
+            consumer.commit(offsets=fresh, asynchronous=False)
         return out
 
     def _flush_commits(self, consumer: Consumer, wait: bool = False) -> None:

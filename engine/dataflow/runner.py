@@ -9,11 +9,10 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 
-from confluent_kafka import Message
-
 from headrace.config.errors import HeadraceError
 from headrace.engine import topics as t
-from headrace.engine.backbone.producer import AsyncProducer, Headers
+from headrace.engine.backbone.producer import Headers
+from headrace.engine.backbone.record import Record, Writer
 from headrace.engine.dataflow.graph import PipelineGraph, StepRoute
 from headrace.engine.dataflow.transforms import adjust_headers, transform
 
@@ -21,9 +20,7 @@ log = logging.getLogger("headrace.dataflow")
 
 
 class DataflowRunner:
-    def __init__(
-        self, producer: AsyncProducer, partitions: int, on_error: Callable[[Message, str], None]
-    ) -> None:
+    def __init__(self, producer: Writer, partitions: int, on_error: Callable[[Record, str], None]) -> None:
         self.producer = producer
         self.partitions = partitions
         self.on_error = on_error
@@ -44,7 +41,7 @@ class DataflowRunner:
     def handles(self, topic: str) -> bool:
         return topic in self.by_topic
 
-    def on_record(self, msg: Message) -> list[object]:
+    def on_record(self, msg: Record) -> list[object]:
         """Forward one record along every route it feeds; returns the produce futures."""
         routes = self.by_topic.get(msg.topic() or "")
         if not routes:

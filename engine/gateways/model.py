@@ -8,17 +8,17 @@ is a logical consumer — its own queue and ``num_workers`` asyncio workers (MOD
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import mmh3
-from confluent_kafka import Message
 
 from headrace.config.errors import HeadraceError
 from headrace.engine import topics as t
-from headrace.engine.backbone.offsets import OffsetTracker
-from headrace.engine.backbone.producer import AsyncProducer, Headers
+from headrace.engine.backbone.producer import Headers
+from headrace.engine.backbone.record import Record, Writer
 from headrace.gateway.dataplane import DataPlane
 from headrace.gateway.oip import grpc_codec
 from headrace.gateway.oip.pb import pb2
@@ -30,7 +30,7 @@ log = logging.getLogger("headrace.modelgw")
 
 @dataclass(slots=True)
 class Slot:
-    queue: asyncio.Queue[tuple[str, Message]] = field(default_factory=asyncio.Queue)
+    queue: asyncio.Queue[tuple[str, Record, Callable[[], None]]] = field(default_factory=asyncio.Queue)
     workers: list[asyncio.Task[None]] = field(default_factory=list)
 
 
@@ -42,9 +42,8 @@ class ModelGateway:
     def __init__(
         self,
         topics: t.Topics,
-        producer: AsyncProducer,
+        producer: Writer,
         dataplane: DataPlane,
-        tracker: OffsetTracker,
         *,
         num_workers: int = 8,
         max_consumers: int = 100,
@@ -54,17 +53,17 @@ class ModelGateway:
         self.topics = topics
         self.producer = producer
         self.dataplane = dataplane
-        self.tracker = tracker
         self.num_workers = num_workers
         self.max_consumers = max_consumers
         self.worker_timeout_s = worker_timeout_s
         self.workers_for = workers_for
         self.slots: dict[int | str, Slot] = {}  # hash slot index, or a model with its own workers
 
-    def submit(self, model: str, msg: Message) -> None:
-        """Called on the event loop for every record of ``model``'s inputs topic. A model with its
-        own concurrency (``modelgateway.workers``) gets a slot of its own, so it neither waits for
-        nor holds up the models sharing its hash slot."""
+    def submit(self, model: str, msg: Record, done: Callable[[], None]) -> None:
+        """Called on the event loop for every record of ``model``'s inputs topic; ``done`` is called
+        once the record is answered (its output or error written). A model with its own concurrency
+        (``modelgateway.workers``) gets a slot of its own, so it neither waits for nor holds up the
+        models sharing its hash slot."""
         own = self.workers_for(model) if self.workers_for else None
         key: int | str = model if own else slot_of(model, self.max_consumers)
         count = own or self.num_workers
@@ -73,7 +72,7 @@ class ModelGateway:
             slot = self.slots[key] = Slot()
         while len(slot.workers) < count:  # grows only: a worker is never cancelled mid-record
             slot.workers.append(asyncio.ensure_future(self._work(slot)))
-        slot.queue.put_nowait((model, msg))
+        slot.queue.put_nowait((model, msg, done))
 
     def in_flight(self) -> dict[int | str, int]:
         """Records queued or being handled, per slot (for metrics and tests)."""
@@ -81,18 +80,18 @@ class ModelGateway:
 
     async def _work(self, slot: Slot) -> None:
         while True:
-            model, msg = await slot.queue.get()
-            tp = (msg.topic() or "", msg.partition() or 0)
+            model, msg, done = await slot.queue.get()
             try:
-                await self._handle(model, msg)
+                written = await self._handle(model, msg)
             except Exception:  # never let one record kill the worker
                 log.exception("model gateway failed on a record of %s", model)
-            finally:
-                self.tracker.done(tp, msg.offset() or 0)
+                done()
+                continue
+            # the next record does not wait for the broker's ack of this one's output
+            written.add_done_callback(functools.partial(self._written, model, msg, done))
 
-    async def _handle(self, model: str, msg: Message) -> None:
-        raw_headers = msg.headers() or []
-        headers: Headers = list(raw_headers.items() if isinstance(raw_headers, dict) else raw_headers)
+    async def _handle(self, model: str, msg: Record) -> asyncio.Future[None]:
+        """Call the model; returns the future of writing its output (or its error)."""
         partition = msg.partition() or 0
         key = msg.key() or b""
         try:
@@ -108,25 +107,39 @@ class ModelGateway:
                 result.release()
         except (HeadraceError, TimeoutError) as exc:
             message = exc.message if isinstance(exc, HeadraceError) else "model gateway worker timed out"
-            await self._error(model, partition, key, headers, message)
-            return
-        try:
-            await self.producer.produce(self.topics.model_outputs(model), partition, key, value, headers)
-        except Exception as exc:
-            # e.g. the output is larger than the broker accepts: the caller must hear of it
-            await self._error(model, partition, key, headers, str(exc))
+            return self._error(model, msg, message)
+        return self.producer.produce(self.topics.model_outputs(model), partition, key, value, _headers(msg))
 
-    async def _error(self, model: str, partition: int, key: bytes, headers: Headers, message: str) -> None:
-        err_headers = [*headers, (t.ERROR_HEADER, model.encode())]
-        try:
-            await self.producer.produce(self.topics.errors, partition, key, message.encode(), err_headers)
-        except Exception:
-            log.exception("could not write the error of %s to the errors topic", model)
+    def _written(self, model: str, msg: Record, done: Callable[[], None], fut: asyncio.Future[None]) -> None:
+        exc = None if fut.cancelled() else fut.exception()
+        if exc is None:
+            done()
+            return
+        # e.g. the output is larger than the broker accepts: the caller must hear of it
+        self._error(model, msg, str(exc)).add_done_callback(lambda _: done())
+
+    def _error(self, model: str, msg: Record, message: str) -> asyncio.Future[None]:
+        err_headers = [*_headers(msg), (t.ERROR_HEADER, model.encode())]
+        fut = self.producer.produce(
+            self.topics.errors, msg.partition() or 0, msg.key() or b"", message.encode(), err_headers
+        )
+        fut.add_done_callback(functools.partial(_log_failed_error, model))
+        return fut
 
     def close(self) -> None:
         for slot in self.slots.values():
             for task in slot.workers:
                 task.cancel()
+
+
+def _headers(msg: Record) -> Headers:
+    raw = msg.headers() or []
+    return list(raw.items() if isinstance(raw, dict) else raw)
+
+
+def _log_failed_error(model: str, fut: asyncio.Future[None]) -> None:
+    if not fut.cancelled() and fut.exception() is not None:
+        log.error("could not write the error of %s to the errors topic: %s", model, fut.exception())
 
 
 def decode_model_input(model: str, value: bytes) -> InferRequest:

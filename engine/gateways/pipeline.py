@@ -12,11 +12,10 @@ import logging
 import uuid
 from dataclasses import dataclass
 
-from confluent_kafka import Message
-
 from headrace.config.errors import ErrorKind, HeadraceError
 from headrace.engine import topics as t
-from headrace.engine.backbone.producer import AsyncProducer, Headers, ProduceError
+from headrace.engine.backbone.producer import Headers, ProduceError
+from headrace.engine.backbone.record import Record, Writer
 from headrace.gateway.oip import grpc_codec
 from headrace.gateway.oip.pb import pb2
 from headrace.gateway.oip.types import InferRequest, InferResponse
@@ -39,13 +38,13 @@ class Reply:
 
 
 class PipelineGateway:
-    def __init__(self, topics: t.Topics, producer: AsyncProducer, partitions: list[int]) -> None:
+    def __init__(self, topics: t.Topics, producer: Writer, partitions: list[int]) -> None:
         self.topics = topics
         self.producer = producer
         self.partitions = partitions
         self._turn = itertools.cycle(partitions)
         # key -> (the topic the answer comes on, the caller's future)
-        self.pending: dict[bytes, tuple[str, asyncio.Future[Message]]] = {}
+        self.pending: dict[bytes, tuple[str, asyncio.Future[Record]]] = {}
 
     def reply_topics(self, targets: list[Target]) -> set[str]:
         out = {self.topics.errors}
@@ -57,7 +56,7 @@ class PipelineGateway:
             )
         return out
 
-    def on_reply(self, msg: Message) -> None:
+    def on_reply(self, msg: Record) -> None:
         """A record on an outputs or the errors topic: wake the caller waiting for its key, if any.
 
         Intermediate steps write the same key to their models' outputs topics: only the target's own
@@ -91,7 +90,7 @@ class PipelineGateway:
         ]
         value = grpc_codec.encode_request(request).SerializeToString()
         loop = asyncio.get_running_loop()
-        fut: asyncio.Future[Message] = loop.create_future()
+        fut: asyncio.Future[Record] = loop.create_future()
         if key in self.pending:
             raise HeadraceError(f"request id {request_id!r} is already in flight", ErrorKind.CONFLICT)
         self.pending[key] = (reply_topic, fut)
@@ -111,7 +110,7 @@ class PipelineGateway:
             self.pending.pop(key, None)
         return Reply(self._decode(msg, request), key_text)
 
-    def _decode(self, msg: Message, request: InferRequest) -> InferResponse:
+    def _decode(self, msg: Record, request: InferRequest) -> InferResponse:
         raw_headers = msg.headers() or []
         headers = list(raw_headers.items() if isinstance(raw_headers, dict) else raw_headers)
         failed = _header(headers, t.ERROR_HEADER)
@@ -125,6 +124,12 @@ class PipelineGateway:
         if request.id and not response.id:
             response.id = request.id
         return response
+
+    def fail(self, key: bytes, reason: str) -> None:
+        """Answer the caller waiting for ``key`` (if any) with an error."""
+        entry = self.pending.pop(key, None)
+        if entry is not None and not entry[1].done():
+            entry[1].set_exception(HeadraceError(reason, ErrorKind.UNAVAILABLE))
 
     def fail_all(self, reason: str) -> None:
         for _, fut in self.pending.values():

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import concurrent.futures
+import json
 import os
+import signal
 import subprocess
 import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import grpc
 import numpy as np
@@ -75,11 +78,14 @@ def cli(s: Serve, *args: str) -> str:
     return proc.stdout
 
 
-@pytest.fixture(scope="module")
-def kserve(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Serve]:
+@pytest.fixture(scope="module", params=["local-hops", "broker-hops"])
+def kserve(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Serve]:
+    """Every test runs with hops handed over in memory (the default) and with every hop through the
+    broker (--local-hops false, Seldon's way)."""
     root = tmp_path_factory.mktemp("pipes")
+    hops = ["--local-hops", "false"] if request.param == "broker-hops" else []
     # the sample models and the demo pipeline come from --load, as `make run` does
-    s = Serve(root / "data", kafka=True, extra=["--load", str(SAMPLES), "--load", str(PIPELINES)])
+    s = Serve(root / "data", kafka=True, extra=["--load", str(SAMPLES), "--load", str(PIPELINES), *hops])
     try:
         s.start()
         for name, source in (("boom", BOOM), ("split", SPLIT), ("slow", SLOW)):
@@ -309,6 +315,77 @@ def test_500_concurrent_requests_each_answered_once_with_its_own_body(kserve: Se
         results = list(pool.map(one, range(500)))
     assert all(status == 200 for status, _ in results)
     assert [value for _, value in results] == [i + 1000 for i in range(500)]
+
+
+def read_keys(bootstrap: str, topics: list[str], needle: str, want: int, settle_s: float = 1.5) -> list[Any]:
+    """Every record, from the start of ``topics``, whose key contains ``needle``: polls until ``want``
+    have come, then ``settle_s`` more to catch any duplicate."""
+    consumer = Consumer(
+        {"bootstrap.servers": bootstrap, "group.id": f"t-{uuid.uuid4().hex}", "enable.auto.commit": False}
+    )
+    consumer.assign([TopicPartition(topic, p, 0) for topic in topics for p in range(8)])
+    found: list[Any] = []
+    try:
+        deadline = time.monotonic() + 30
+        settle_until: float | None = None
+        while time.monotonic() < (settle_until or deadline):
+            msg = consumer.poll(0.2)
+            if msg is not None and not msg.error() and needle in (msg.key() or b"").decode():
+                found.append(msg)
+            if settle_until is None and len(found) >= want:
+                settle_until = time.monotonic() + settle_s
+    finally:
+        consumer.close()
+    return found
+
+
+def test_every_hop_is_written_to_its_topic_exactly_once(kserve: Serve) -> None:
+    """Local hops skip the broker's round trip, not the log: each step's input and output is on its
+    Seldon topic, once (the copy coming back from the broker is not handled a second time)."""
+    request_id = f"hops-{uuid.uuid4().hex}"
+    payload = orjson.dumps(
+        {"id": request_id, "inputs": [{"name": "x", "shape": [1, 2], "datatype": "INT64", "data": [4, 5]}]}
+    )
+    status, _, out = infer_pipeline(kserve, "three", payload)
+    assert status == 200, out
+    assert out["outputs"][0]["data"] == [9]
+    ns = "seldon.default"
+    topics = [f"{ns}.pipeline.three.inputs", f"{ns}.pipeline.three.outputs"]
+    topics += [f"{ns}.model.{m}.{d}" for m in ("echo", "split", "sum") for d in ("inputs", "outputs")]
+    records = read_keys(kserve.bootstrap, topics, request_id, want=len(topics))
+    assert sorted(m.topic() for m in records) == sorted(topics)
+    partitions = {m.partition() for m in records}
+    assert len(partitions) == 1  # the request stayed on one partition end to end
+    for m in records:
+        assert dict(m.headers())["x-request-id"] == request_id.encode()
+
+
+def test_a_worker_killed_mid_step_resumes_the_request_from_kafka(kserve: Serve) -> None:
+    """Async path through the 5 s `slow` step: the worker owning the partition is killed while the model
+    runs; the restarted worker finds the uncommitted step input in Kafka and finishes the request."""
+    partition = 1
+    key = f"{partition}.sleepy.{uuid.uuid4().hex}"
+    req = pb2.ModelInferRequest(model_name="sleepy", id="resume-1")
+    t = req.inputs.add(name="x", datatype="INT64", shape=[1, 1])
+    t.contents.int64_contents.append(7)
+    producer = Producer({"bootstrap.servers": kserve.bootstrap})
+    producer.produce(
+        "seldon.default.pipeline.sleepy.inputs",
+        req.SerializeToString(),
+        key=key,
+        partition=partition,
+        headers=[("pipeline", b"sleepy")],
+    )
+    producer.flush(10)
+    started = read_keys(kserve.bootstrap, ["seldon.default.model.slow.inputs"], key, want=1, settle_s=0)
+    assert len(started) == 1  # the step has begun
+    workers = json.loads((kserve.data_dir / "run" / "children.json").read_text())
+    os.kill(workers[f"worker {partition % kserve.workers}"], signal.SIGKILL)
+    answers = read_keys(kserve.bootstrap, ["seldon.default.pipeline.sleepy.outputs"], key, want=1, settle_s=0)
+    assert len(answers) == 1
+    resp = pb2.ModelInferResponse.FromString(answers[0].value())
+    assert np.frombuffer(resp.raw_output_contents[0], dtype=np.int64).tolist() == [7]
+    kserve.wait_ready("/v2/health/ready")
 
 
 GROW = '''

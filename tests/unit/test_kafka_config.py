@@ -7,11 +7,16 @@ from pathlib import Path
 from headrace.config.settings import Settings
 from headrace.engine.kafka import broker
 from headrace.engine.kafka.config import (
+    HOP_LINGER_MS,
     KAFKA_FETCH_WAIT_MS,
+    LOCAL_FETCH_MIN_BYTES,
+    LOCAL_FETCH_WAIT_MS,
     TANSU_FETCH_WAIT_MS,
     admin_config,
     bootstrap_servers,
     consumer_config,
+    dataplane_consumer_config,
+    hop_producer_config,
     producer_config,
 )
 
@@ -58,12 +63,32 @@ def test_passthrough_applies_to_all_or_one_side_and_wins_over_defaults() -> None
     assert producer_config(s, {"linger.ms": 7})["linger.ms"] == 7  # the caller's own last
 
 
+def test_with_local_hops_the_hop_producer_lingers_and_the_worker_fetches_in_bulk() -> None:
+    local = Settings()
+    assert hop_producer_config(local)["linger.ms"] == HOP_LINGER_MS
+    assert producer_config(local)["linger.ms"] == 0  # the gateway's input record, which a caller awaits
+    c = dataplane_consumer_config(local, "g")
+    assert (c["fetch.wait.max.ms"], c["fetch.min.bytes"]) == (LOCAL_FETCH_WAIT_MS, LOCAL_FETCH_MIN_BYTES)
+    # every hop through the broker: latency settings everywhere
+    broker_hops = Settings(local_hops=False)
+    assert hop_producer_config(broker_hops)["linger.ms"] == 0
+    c = dataplane_consumer_config(broker_hops, "g")
+    assert (c["fetch.wait.max.ms"], c["fetch.min.bytes"]) == (KAFKA_FETCH_WAIT_MS, 1)
+    # the user's kafka_config still wins
+    given = Settings(kafka_config={"producer.linger.ms": "1", "consumer.fetch.wait.max.ms": "3"})
+    assert hop_producer_config(given)["linger.ms"] == "1"
+    c = dataplane_consumer_config(given, "g")
+    assert (c["fetch.wait.max.ms"], c["fetch.min.bytes"]) == ("3", LOCAL_FETCH_MIN_BYTES)
+
+
 def test_librdkafka_accepts_every_default() -> None:
     from confluent_kafka import Consumer, Producer
 
     s = Settings(kafka_bootstrap="127.0.0.1:1")
     Producer(producer_config(s)).flush(0)
     Consumer(consumer_config(s, "g")).close()
+    Producer(hop_producer_config(s)).flush(0)
+    Consumer(dataplane_consumer_config(s, "g")).close()
 
 
 def test_server_properties_make_one_kraft_node(tmp_path: Path) -> None:

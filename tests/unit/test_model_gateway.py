@@ -6,7 +6,6 @@ import asyncio
 from typing import Any
 
 from headrace.engine import topics as t
-from headrace.engine.backbone.offsets import OffsetTracker
 from headrace.engine.gateways.model import ModelGateway, slot_of
 from headrace.gateway.oip.pb import pb2
 from headrace.gateway.oip.types import InferRequest, InferResponse
@@ -73,6 +72,16 @@ class FakeProducer:
         return fut
 
 
+class Done:
+    """Counts the records the gateway reports finished."""
+
+    def __init__(self) -> None:
+        self.count = 0
+
+    def __call__(self) -> None:
+        self.count += 1
+
+
 def _two_models_in_one_slot(max_consumers: int) -> tuple[str, str]:
     names = [f"m{i}" for i in range(200)]
     for a in names:
@@ -86,14 +95,14 @@ def test_a_model_with_its_own_workers_does_not_block_its_slot_neighbour() -> Non
     async def run() -> None:
         slow, fast = _two_models_in_one_slot(4)
         gate = asyncio.Event()
-        dataplane, producer = FakeDataPlane(slow, gate), FakeProducer()
+        dataplane, producer, done = FakeDataPlane(slow, gate), FakeProducer(), Done()
         gw = ModelGateway(
-            TOPICS, producer, dataplane, OffsetTracker(),  # type: ignore[arg-type]
+            TOPICS, producer, dataplane,  # type: ignore[arg-type]
             num_workers=1, max_consumers=4, workers_for=lambda m: 3 if m == slow else None,
         )  # fmt: skip
         for i in range(3):
-            gw.submit(slow, FakeMessage(slow, i))  # type: ignore[arg-type]
-        gw.submit(fast, FakeMessage(fast, 10))  # type: ignore[arg-type]
+            gw.submit(slow, FakeMessage(slow, i), done)  # type: ignore[arg-type]
+        gw.submit(fast, FakeMessage(fast, 10), done)  # type: ignore[arg-type]
         for _ in range(50):
             await asyncio.sleep(0)
         assert (TOPICS.model_outputs(fast), b"0.m.10") in producer.records  # not stuck behind slow
@@ -103,6 +112,7 @@ def test_a_model_with_its_own_workers_does_not_block_its_slot_neighbour() -> Non
         for _ in range(50):
             await asyncio.sleep(0)
         assert len(producer.records) == 4
+        assert done.count == 4  # each record reported finished once, after its output was written
         gw.close()
 
     asyncio.run(run())
@@ -112,10 +122,10 @@ def test_models_sharing_a_slot_share_its_workers() -> None:
     async def run() -> None:
         slow, fast = _two_models_in_one_slot(4)
         gate = asyncio.Event()
-        dataplane, producer = FakeDataPlane(slow, gate), FakeProducer()
-        gw = ModelGateway(TOPICS, producer, dataplane, OffsetTracker(), num_workers=1, max_consumers=4)  # type: ignore[arg-type]
-        gw.submit(slow, FakeMessage(slow, 0))  # type: ignore[arg-type]
-        gw.submit(fast, FakeMessage(fast, 1))  # type: ignore[arg-type]
+        dataplane, producer, done = FakeDataPlane(slow, gate), FakeProducer(), Done()
+        gw = ModelGateway(TOPICS, producer, dataplane, num_workers=1, max_consumers=4)  # type: ignore[arg-type]
+        gw.submit(slow, FakeMessage(slow, 0), done)  # type: ignore[arg-type]
+        gw.submit(fast, FakeMessage(fast, 1), done)  # type: ignore[arg-type]
         for _ in range(50):
             await asyncio.sleep(0)
         assert producer.records == []  # one worker, busy with the slow model: Seldon's behaviour
@@ -123,6 +133,7 @@ def test_models_sharing_a_slot_share_its_workers() -> None:
         for _ in range(50):
             await asyncio.sleep(0)
         assert len(producer.records) == 2
+        assert done.count == 2
         gw.close()
 
     asyncio.run(run())

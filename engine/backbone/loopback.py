@@ -1,0 +1,206 @@
+"""Local hops: a record this worker writes to a partition it consumes is also handed to it in memory.
+
+Every hop of a pipeline is still written to Kafka (the topics stay the log users read, inspect and
+replay), but the next step does not wait for the broker round trip: the record is delivered to the
+worker's own dispatch at once, stamped with a header naming this process incarnation. When the
+same record comes back from the broker it is recognised by that stamp and skipped; its offset is
+committed only once the in-memory handling has finished. A restarted worker has a new incarnation,
+so records stamped by the one that died are not skipped: it processes them from the committed
+offset, as it would without local hops.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import os
+import time
+from collections.abc import Callable
+from typing import Any
+
+from headrace.engine.backbone.producer import AsyncProducer, HeaderSeq
+
+#: The stamp header: b"<incarnation>:<sequence>", always the first header of a stamped record.
+HOP_HEADER = "headrace-hop"
+
+#: A stamped record whose copy never came back (e.g. its topic was unassigned) is forgotten after this.
+FORGET_AFTER_S = 120.0
+
+
+class LocalRecord:
+    """A record handed over in memory, with the future of its write to Kafka."""
+
+    __slots__ = ("_headers", "_key", "_partition", "_topic", "_value", "seq", "written")
+
+    def __init__(
+        self,
+        topic: str,
+        partition: int,
+        key: bytes,
+        value: bytes,
+        headers: list[tuple[str, Any]],
+        seq: int,
+        written: asyncio.Future[None],
+    ) -> None:
+        self._topic = topic
+        self._partition = partition
+        self._key = key
+        self._value = value
+        self._headers = headers
+        self.seq = seq
+        self.written = written
+
+    def topic(self) -> str:
+        return self._topic
+
+    def partition(self) -> int:
+        return self._partition
+
+    def offset(self) -> int:
+        return -1  # not known until the broker has it; never committed from here
+
+    def key(self) -> bytes:
+        return self._key
+
+    def value(self) -> bytes:
+        return self._value
+
+    def headers(self) -> list[tuple[str, Any]]:
+        return self._headers
+
+    def error(self) -> None:
+        return None
+
+
+class _Hop:
+    __slots__ = ("born", "gone", "handled", "on_return")
+
+    def __init__(self, born: float) -> None:
+        self.handled = False  # the in-memory handling has finished
+        self.gone = False  # its copy will never come back (the write failed)
+        self.on_return: Callable[[], None] | None = None  # the copy came back while still handling
+        self.born = born
+
+
+class HopLedger:
+    """Which stamped records are still being handled, so their copies from the broker are committed
+    only after the handling is done."""
+
+    def __init__(self) -> None:
+        self.incarnation = os.urandom(8).hex().encode()
+        self._prefix = self.incarnation + b":"
+        self._seq = itertools.count()
+        self._open: dict[int, _Hop] = {}
+
+    def stamp(self) -> tuple[int, bytes]:
+        seq = next(self._seq)
+        self._open[seq] = _Hop(time.monotonic())
+        return seq, self._prefix + str(seq).encode()
+
+    def own(self, headers: Any) -> int | None:
+        """The sequence number if these headers carry this incarnation's stamp."""
+        if not headers:
+            return None
+        name, value = headers[0]
+        if name != HOP_HEADER or not isinstance(value, bytes) or not value.startswith(self._prefix):
+            return None
+        try:
+            return int(value[len(self._prefix) :])
+        except ValueError:
+            return None
+
+    def handled(self, seq: int) -> None:
+        hop = self._open.get(seq)
+        if hop is None:
+            return
+        hop.handled = True
+        if hop.on_return is not None:
+            del self._open[seq]
+            hop.on_return()
+        elif hop.gone:
+            del self._open[seq]
+
+    def returned(self, seq: int, done: Callable[[], None]) -> None:
+        """The broker's copy of a stamped record arrived: ``done`` (commit it) once it is handled."""
+        hop = self._open.get(seq)
+        if hop is None or hop.handled:
+            self._open.pop(seq, None)
+            done()
+        else:
+            hop.on_return = done
+
+    def lost(self, seq: int) -> None:
+        """The write failed: no copy will come back."""
+        hop = self._open.get(seq)
+        if hop is None:
+            return
+        if hop.handled:
+            del self._open[seq]
+        else:
+            hop.gone = True
+
+    def sweep(self, now: float | None = None) -> int:
+        """Forget handled records whose copies have not come back in FORGET_AFTER_S; returns how many."""
+        cutoff = (time.monotonic() if now is None else now) - FORGET_AFTER_S
+        stale = []
+        for seq, hop in self._open.items():  # insertion order = age order
+            if hop.born > cutoff:
+                break
+            if hop.handled:
+                stale.append(seq)
+        for seq in stale:
+            del self._open[seq]
+        return len(stale)
+
+    def __len__(self) -> int:
+        return len(self._open)
+
+
+class LoopbackProducer:
+    """The producer the roles write through: records for a (topic, partition) this worker consumes are
+    written to Kafka and, unless the write fails at once, delivered to ``deliver`` on the next loop
+    turn. Everything else is only written."""
+
+    def __init__(
+        self,
+        producer: AsyncProducer,
+        ledger: HopLedger,
+        is_local: Callable[[str, int], bool],
+        deliver: Callable[[LocalRecord], None],
+        loop: asyncio.AbstractEventLoop,
+        on_lost: Callable[[LocalRecord, BaseException], None] | None = None,
+        enabled: bool = True,
+    ) -> None:
+        self.producer = producer
+        self.ledger = ledger
+        self.is_local = is_local
+        self.deliver = deliver
+        self.loop = loop
+        self.on_lost = on_lost
+        self.enabled = enabled
+
+    def produce(
+        self, topic: str, partition: int, key: bytes, value: bytes, headers: HeaderSeq
+    ) -> asyncio.Future[None]:
+        if headers and headers[0][0] == HOP_HEADER:
+            headers = headers[1:]  # an upstream stamp is not this record's
+        if not self.enabled or not self.is_local(topic, partition):
+            return self.producer.produce(topic, partition, key, value, headers)
+        seq, stamp = self.ledger.stamp()
+        stamped: list[tuple[str, Any]] = [(HOP_HEADER, stamp), *headers]
+        written = self.producer.produce(topic, partition, key, value, stamped)
+        if written.done() and (written.cancelled() or written.exception() is not None):
+            self.ledger.lost(seq)
+            self.ledger.handled(seq)
+            return written
+        record = LocalRecord(topic, partition, key, value, stamped, seq, written)
+        written.add_done_callback(lambda fut: self._written(record, fut))
+        self.loop.call_soon(self.deliver, record)
+        return written
+
+    def _written(self, record: LocalRecord, fut: asyncio.Future[None]) -> None:
+        exc = None if fut.cancelled() else fut.exception()
+        if fut.cancelled() or exc is not None:
+            self.ledger.lost(record.seq)
+            if self.on_lost is not None and exc is not None:
+                self.on_lost(record, exc)

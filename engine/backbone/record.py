@@ -1,0 +1,28 @@
+"""The two shapes the Kafka roles depend on: a record they read and a writer they produce through."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any, Protocol
+
+from headrace.engine.backbone.producer import HeaderSeq
+
+
+class Record(Protocol):
+    """A consumed record: confluent-kafka's Message, or a record handed over in memory."""
+
+    def topic(self) -> str | None: ...
+    def partition(self) -> int | None: ...
+    def offset(self) -> int | None: ...
+    def key(self) -> bytes | None: ...
+    def value(self) -> bytes | None: ...
+    def headers(self) -> Any: ...
+    def error(self) -> Any: ...
+
+
+class Writer(Protocol):
+    """Writes a record; the future completes when the broker has it (or fails with ProduceError)."""
+
+    def produce(
+        self, topic: str, partition: int, key: bytes, value: bytes, headers: HeaderSeq
+    ) -> asyncio.Future[None]: ...
