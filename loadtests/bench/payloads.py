@@ -16,7 +16,7 @@ SMALL_BODY = orjson.dumps(
 JSON_HEADERS = {"Content-Type": "application/json"}
 
 # payload name -> number of bytes of FP32 data (0 = the small 4-element JSON request).
-PAYLOADS: dict[str, int] = {"small": 0, "1MiB": 1 << 20, "16MiB": 16 << 20}
+PAYLOADS: dict[str, int] = {"small": 0, "1MiB": 1 << 20, "4MiB": 4 << 20, "16MiB": 16 << 20}
 
 
 @dataclass(frozen=True)

@@ -31,7 +31,7 @@ from rich.table import Table
 from loadtests.bench import ASSETS_DIR, CACHE_DIR, REPO_DIR, RESULTS_DIR
 from loadtests.bench.__main__ import machine_line
 from loadtests.bench.loadgen import LoadError, Measurement, run_wrk
-from loadtests.bench.payloads import JSON_HEADERS, SMALL_BODY
+from loadtests.bench.payloads import JSON_HEADERS, SMALL_BODY, RestBody, rest_body
 from loadtests.bench.peers import TritonPeer, triton_command
 from loadtests.bench.procs import (
     Server,
@@ -121,10 +121,18 @@ class Bench:
         self.half_c: dict[str, int] = {}
 
     def measure(
-        self, row: Row, url: str, headers: dict[str, str], server: Server, seconds: float | None = None
+        self,
+        row: Row,
+        url: str,
+        headers: dict[str, str],
+        server: Server,
+        seconds: float | None = None,
+        body: RestBody | None = None,
     ) -> Measurement | None:
         """Check one request answers 200, warm up, measure; a non-2xx or socket error fails the cell."""
-        status, reply = post(url, SMALL_BODY, {**JSON_HEADERS, **headers})
+        body_path = body.path if body is not None else self.body
+        body_headers = body.headers if body is not None else JSON_HEADERS
+        status, reply = post(url, body_path.read_bytes(), {**body_headers, **headers})
         label = f"{row.system} {row.target} {row.load} c={row.conns}"
         if status != 200:
             msg = f"sanity request answered {status}: {reply[:200]!r}"
@@ -137,8 +145,8 @@ class Bench:
             return run_wrk(
                 self.wrk,
                 url,
-                self.body,
-                {**JSON_HEADERS, **headers},
+                body_path,
+                {**body_headers, **headers},
                 conns=row.conns,
                 duration=d,
                 threads=1,
@@ -166,7 +174,13 @@ class Bench:
 
     # ---------------------------------------------------------------- headrace
     def headrace(self, rep: int) -> None:
-        wd = self.work / f"headrace-{rep}"
+        self._headrace(rep, "headrace", [])
+
+    def headrace_kafka(self, rep: int) -> None:
+        self._headrace(rep, "headrace-kafka", ["--local-hops", "false"])
+
+    def _headrace(self, rep: int, system: str, flags: list[str]) -> None:
+        wd = self.work / f"{system}-{rep}"
         models = wd / "models"
         pipes = wd / "pipelines"
         models.mkdir(parents=True)
@@ -208,8 +222,9 @@ class Bench:
             str(self.args.workers),
             "--load",
             str(models),
+            *flags,
         ]
-        console.print(f"[bold]run {rep + 1}: starting headrace (embedded Kafka)[/bold]")
+        console.print(f"[bold]run {rep + 1}: starting {system} (embedded Kafka {' '.join(flags)})[/bold]")
         server = start_server("headrace", cmd, log_path=wd / "headrace.log", cwd=wd)
         try:
             base = f"http://127.0.0.1:{http}"
@@ -232,10 +247,11 @@ class Bench:
                     timeout=150,
                     env=env,
                 )
-            self._chain_cells("headrace", server, base, 5, pipeline_header=True)
+            self._chain_cells(system, server, base, 5, pipeline_header=True)
+            self._large_cells(system, server, base)
         except SetupError as exc:
-            console.print(f"[yellow]  headrace: did not start: {exc}[/yellow]")
-            self.res.notes.append(f"headrace run {rep + 1} did not start: {exc}")
+            console.print(f"[yellow]  {system}: did not start: {exc}[/yellow]")
+            self.res.notes.append(f"{system} run {rep + 1} did not start: {exc}")
         finally:
             server.stop()
 
@@ -258,7 +274,7 @@ class Bench:
             return
         url, hdr = target(3)
         peak = self.measure(self.res.row(system, "chain3", 3, "peak", PEAK_CONNS), url, hdr, server)
-        if system != "headrace" or peak is None:
+        if not system.startswith("headrace") or peak is None:
             return
         # half of peak: smallest concurrency whose 3-step RPS reaches half the 3-step peak, chosen in
         # the first repeat and kept for the others so that repeats of a cell are comparable
@@ -279,6 +295,20 @@ class Bench:
             "every chain and every repeat"
         )
         self.measure_half(system, server, target, max_steps, half_c)
+
+    def _large_cells(self, system: str, server: Server, base: str) -> None:
+        """A 4 MiB FP32 tensor (REST binary extension) at c=1: the echo model direct (through shm to its
+        server process) and the 3-step chain (every hop's record carries the full 4 MiB)."""
+        body = rest_body("4MiB", binary=True, out_dir=self.work)
+        direct = self.res.row(system, "direct", 0, "4MiB", 1)
+        self.measure(direct, f"{base}/v2/models/echo/infer", {}, server, body=body)
+        self.measure(
+            self.res.row(system, "chain3", 3, "4MiB", 1),
+            f"{base}/v2/models/chain3/infer",
+            {"Seldon-Model": "chain3.pipeline"},
+            server,
+            body=body,
+        )
 
     def measure_half(
         self,
@@ -396,8 +426,8 @@ def fmt(x: float | None, spec: str = ".2f") -> str:
 
 def table_rows(res: Results) -> list[list[str]]:
     out = []
-    for system in ("headrace", "triton", "ray"):
-        for load in ("light", "half", "peak"):
+    for system in SYSTEMS:
+        for load in ("light", "half", "peak", "4MiB"):
             for row in sorted(
                 (r for r in res.rows.values() if r.system == system and r.load == load),
                 key=lambda r: (r.conns, r.steps),
@@ -427,6 +457,8 @@ def table_rows(res: Results) -> list[list[str]]:
     return out
 
 
+SYSTEMS = ("headrace", "headrace-kafka", "triton", "ray")
+
 HEADER = [
     "system",
     "target",
@@ -443,7 +475,7 @@ HEADER = [
 
 def slopes(res: Results) -> list[str]:
     lines = []
-    for system in ("headrace", "triton"):
+    for system in ("headrace", "headrace-kafka", "triton"):
         for load in ("light", "half"):
             pts = [
                 (r.steps, r.p50() or 0.0)
@@ -474,6 +506,7 @@ def plot(res: Results, path: Path) -> str | None:
     styles = {
         ("headrace", "light"): ("o-", "headrace, c=1"),
         ("headrace", "half"): ("s--", "headrace, half of peak"),
+        ("headrace-kafka", "light"): ("v:", "headrace --local-hops false, c=1"),
         ("triton", "light"): ("^-", "Triton ensemble (Python backend), c=1"),
         ("ray", "light"): ("D", "Ray Serve handles, c=1"),
     }
@@ -507,7 +540,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--warmup", type=float, default=1.0, help="seconds of unmeasured load before each run")
     p.add_argument("--repeats", type=int, default=1, help="runs per cell, each on a fresh server")
     p.add_argument("--workers", type=int, default=2, help="headrace --workers (default 2)")
-    p.add_argument("--only", default="headrace,triton,ray", help="subset of headrace,triton,ray")
+    p.add_argument(
+        "--only",
+        default="headrace,headrace-kafka,triton,ray",
+        help="subset of headrace,headrace-kafka (every hop through the broker),triton,ray",
+    )
     p.add_argument("--out", type=Path, default=RESULTS_DIR)
     p.add_argument("--png", type=Path, default=PNG)
     args = p.parse_args(argv)
@@ -520,6 +557,7 @@ def main(argv: list[str] | None = None) -> int:
     bench = Bench(args, work, res)
     runners: list[tuple[str, Callable[[int], None]]] = [
         ("headrace", bench.headrace),
+        ("headrace-kafka", bench.headrace_kafka),
         ("triton", bench.triton),
         ("ray", bench.ray),
     ]
@@ -532,8 +570,10 @@ def main(argv: list[str] | None = None) -> int:
         res.notes.append("interrupted: partial results")
     res.notes += slopes(res)
     res.notes.append(
-        "added/step = (chainN p50 - direct echo p50 at the same load) / N. headrace chains go through the "
-        f"embedded Apache Kafka (N steps = N+1 topic hops), --workers {args.workers}; Triton: ensemble of "
+        "added/step = (chainN p50 - direct echo p50 at the same load) / N. headrace chains write every hop "
+        "to the embedded Apache Kafka (N steps = 2N+2 records); headrace hands each hop to the next step "
+        "in memory (local hops, the default), headrace-kafka waits for every hop to come back from the "
+        f"broker (--local-hops false, Seldon's way); --workers {args.workers}; Triton: ensemble of "
         "Python-backend echo steps; Ray Serve: 3 deployments calling each other by DeploymentHandle, "
         "max_ongoing_requests=64. All REST via wrk -t1 on the same cores; a cell with any non-2xx or "
         "socket error is marked failed."
