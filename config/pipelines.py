@@ -385,7 +385,7 @@ def group_sources(refs: list[str], pipeline: str) -> dict[Ref, frozenset[str] | 
 
 
 def validate_for_chains(m: PipelineManifest) -> None:
-    """Reject what this release cannot run: joins, triggers, batching, external inputs, cycles."""
+    """Reject what this release cannot run: triggers, batching, external inputs, cycles."""
     where = f"Pipeline {m.name}"
     if m.input is not None:
         raise ConfigError(f"{where}: spec.input (externalInputs/externalTriggers) is not supported yet")
@@ -396,18 +396,6 @@ def validate_for_chains(m: PipelineManifest) -> None:
             raise ConfigError(f"{where}: spec.steps[{i}].triggers is not supported yet")
         if step.batch is not None and step.batch.size:
             raise ConfigError(f"{where}: spec.steps[{i}].batch is not supported yet")
-        sources = group_sources(step.inputs, m.name)
-        if len(sources) > 1:
-            joined = ", ".join(map(str, sources))
-            raise ConfigError(
-                f"{where}: spec.steps[{i}].inputs read more than one source ({joined}): "
-                "joins are not supported yet"
-            )
-    if m.output is not None and len(sources := group_sources(m.output.steps, m.name)) > 1:
-        joined = ", ".join(map(str, sources))
-        raise ConfigError(
-            f"{where}: spec.output.steps with more than one step ({joined}): joins are not supported yet"
-        )
 
 
 def parse_pipelines(text: str) -> list[PipelineManifest]:

@@ -83,7 +83,9 @@ class DataNode:
             worker_timeout_s=settings.modelgateway_worker_timeout_ms / 1000,
             workers_for=self._gateway_workers,
         )
-        self.dataflow = DataflowRunner(self.writer, settings.partitions, self._dataflow_error)
+        self.dataflow = DataflowRunner(
+            self.writer, settings.partitions, self._dataflow_error, loop, self.topics.errors
+        )
         self.gateway = PipelineGateway(self.topics, self._loopback(self.producer), self.partitions)
         self.table = RoutingTable()
         self.running: dict[str, int] = {}  # pipeline -> version whose topics this worker consumes
@@ -267,6 +269,7 @@ class DataNode:
             self._commit_timer.cancel()
         self.consumer.commit(self.tracker.to_commit())
         self.models.close()
+        self.dataflow.joiner.close()
         self.gateway.fail_all("worker is shutting down")
         self.consumer.stop()
         if self.hop_producer is not self.producer:

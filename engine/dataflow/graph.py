@@ -6,12 +6,16 @@ from typing import Literal
 
 import msgspec
 
-from headrace.config.pipelines import PipelineManifest, group_sources, validate_for_chains
+from headrace.config.pipelines import JoinType, PipelineManifest, group_sources, validate_for_chains
+from headrace.engine.dataflow.joins import JoinSpec
 from headrace.engine.dataflow.refs import qualify_tensor_map, ref_topic
 from headrace.engine.dataflow.transforms import ChainKind, chain_kind
 from headrace.engine.topics import Topics
 
 RouteRole = Literal["step", "output", "error"]
+
+#: A join window of 0 or unset means this (Seldon's kafka.join.window.millis default).
+DEFAULT_JOIN_WINDOW_MS = 60_000
 
 
 class StepRoute(msgspec.Struct, frozen=True, kw_only=True):
@@ -28,23 +32,25 @@ class StepRoute(msgspec.Struct, frozen=True, kw_only=True):
     tensors: frozenset[str] | None = None
     tensor_map: dict[str, str] = {}
     role: RouteRole = "step"
+    join: JoinSpec | None = None  # set when the step (or output) reads several sources
+    join_index: int = 0  # this source's place in the join's declared order
 
 
 class PipelineGraph(msgspec.Struct, frozen=True, kw_only=True):
-    """Everything the dataflow needs to run one pipeline without joins."""
+    """Everything the dataflow needs to run one pipeline: its routes, by source topic."""
 
     pipeline: str
     inputs_topic: str
     outputs_topic: str
     routes: dict[str, tuple[StepRoute, ...]]  # by source topic: steps, then output, then error
-    output: StepRoute | None  # None: no spec.output, results only on the models' topics
+    output: tuple[StepRoute, ...]  # empty: no spec.output, results only on the models' topics
     error: StepRoute
     reads: frozenset[str]  # every source topic
     writes: frozenset[str]  # every sink topic
     models: tuple[str, ...]  # the step names, in manifest order
 
 
-def _route(
+def _routes(
     manifest: PipelineManifest,
     topics: Topics,
     refs: list[str],
@@ -52,24 +58,42 @@ def _route(
     tensor_map: dict[str, str],
     step: str,
     role: RouteRole,
-) -> StepRoute:
+    join_kind: JoinType,
+    window_ms: int | None,
+) -> list[StepRoute]:
+    """One route per source topic; several sources make a join, keyed by the record key."""
     sources = group_sources(refs, manifest.name)
-    if len(sources) != 1:
-        raise ValueError(f"Pipeline {manifest.name}: a route needs exactly one source, got {len(sources)}")
-    [(source_ref, tensors)] = sources.items()
-    source = ref_topic(source_ref, topics)
     qualified = qualify_tensor_map(tensor_map, manifest.name, topics)
-    prefix = f"{source}."
-    return StepRoute(
-        step=step,
-        source_topic=source,
-        sink_topic=sink,
-        chain_kind=chain_kind(source, sink),
-        pipeline=manifest.name,
-        tensors=tensors,
-        tensor_map={k: v for k, v in qualified.items() if k.startswith(prefix)},
-        role=role,
-    )
+    join = None
+    if len(sources) > 1:
+        join = JoinSpec(
+            pipeline=manifest.name,
+            node=step or "output",
+            sources=tuple(str(ref) for ref in sources),
+            kind=join_kind,
+            window_s=(window_ms or DEFAULT_JOIN_WINDOW_MS) / 1000,
+            request=role == "step",
+            sink=sink,
+        )
+    out = []
+    for index, (source_ref, tensors) in enumerate(sources.items()):
+        source = ref_topic(source_ref, topics)
+        prefix = f"{source}."
+        out.append(
+            StepRoute(
+                step=step,
+                source_topic=source,
+                sink_topic=sink,
+                chain_kind=chain_kind(source, sink),
+                pipeline=manifest.name,
+                tensors=tensors,
+                tensor_map={k: v for k, v in qualified.items() if k.startswith(prefix)},
+                role=role,
+                join=join,
+                join_index=index,
+            )
+        )
+    return out
 
 
 def compile_pipeline(manifest: PipelineManifest, topics: Topics) -> PipelineGraph:
@@ -83,7 +107,9 @@ def compile_pipeline(manifest: PipelineManifest, topics: Topics) -> PipelineGrap
     name = manifest.name
     inputs_topic, outputs_topic = topics.pipeline_inputs(name), topics.pipeline_outputs(name)
     routes = [
-        _route(
+        route
+        for step in manifest.steps
+        for route in _routes(
             manifest,
             topics,
             step.inputs or [name],
@@ -91,14 +117,27 @@ def compile_pipeline(manifest: PipelineManifest, topics: Topics) -> PipelineGrap
             step.tensor_map,
             step.name,
             "step",
+            step.inputs_join_type,
+            step.join_window_ms,
         )
-        for step in manifest.steps
     ]
-    output = None
+    output: tuple[StepRoute, ...] = ()
     if manifest.output is not None:  # as Seldon: an output with no steps echoes the pipeline's inputs
         out = manifest.output
-        output = _route(manifest, topics, out.steps or [name], outputs_topic, out.tensor_map, "", "output")
-        routes.append(output)
+        output = tuple(
+            _routes(
+                manifest,
+                topics,
+                out.steps or [name],
+                outputs_topic,
+                out.tensor_map,
+                "",
+                "output",
+                out.steps_join,
+                out.join_window_ms,
+            )
+        )
+        routes.extend(output)
     error = StepRoute(
         step="",
         source_topic=topics.errors,

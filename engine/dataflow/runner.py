@@ -6,6 +6,7 @@ Every hop writes to the partition named in the record's key, so a request stays 
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Callable
 
@@ -14,16 +15,26 @@ from headrace.engine import topics as t
 from headrace.engine.backbone.producer import Headers
 from headrace.engine.backbone.record import Record, Writer
 from headrace.engine.dataflow.graph import PipelineGraph, StepRoute
+from headrace.engine.dataflow.joins import Joiner, JoinSpec
 from headrace.engine.dataflow.transforms import adjust_headers, transform
 
 log = logging.getLogger("headrace.dataflow")
 
 
 class DataflowRunner:
-    def __init__(self, producer: Writer, partitions: int, on_error: Callable[[Record, str], None]) -> None:
+    def __init__(
+        self,
+        producer: Writer,
+        partitions: int,
+        on_error: Callable[[Record, str], None],
+        loop: asyncio.AbstractEventLoop,
+        errors_topic: str,
+    ) -> None:
         self.producer = producer
         self.partitions = partitions
         self.on_error = on_error
+        self.joiner = Joiner(loop, self._emit_join, self._fail_join)
+        self.errors_topic = errors_topic
         self.graphs: dict[str, tuple[PipelineGraph, str]] = {}  # name -> (graph, version)
         self.by_topic: dict[str, list[StepRoute]] = {}
 
@@ -64,5 +75,23 @@ class DataflowRunner:
                 continue  # nothing left after tensor selection: conditional routing drops it
             version = self.graphs.get(route.pipeline, (None, "1"))[1]
             out_headers = adjust_headers(headers, route.pipeline, version)  # type: ignore[arg-type]
-            futures.append(self.producer.produce(route.sink_topic, partition, key, out, out_headers))
+            if route.join is not None:
+                futures.append(self.joiner.offer(route.join, route.join_index, key, out_headers, out))
+            else:
+                futures.append(self.producer.produce(route.sink_topic, partition, key, out, out_headers))
         return futures
+
+    def _emit_join(self, spec: JoinSpec, key: bytes, headers: Headers, value: bytes) -> asyncio.Future[None]:
+        return self.producer.produce(spec.sink, t.partition_of(key, self.partitions), key, value, headers)
+
+    def _fail_join(self, spec: JoinSpec, key: bytes, headers: Headers, message: str) -> asyncio.Future[None]:
+        """An incomplete inner join: an error record, which the error route takes to the caller."""
+        log.info("%s (key %s)", message, key.decode("utf-8", "replace"))
+        node = spec.node if spec.node != "output" else spec.pipeline
+        return self.producer.produce(
+            self.errors_topic,
+            t.partition_of(key, self.partitions),
+            key,
+            message.encode(),
+            [*headers, (t.ERROR_HEADER, node.encode())],
+        )

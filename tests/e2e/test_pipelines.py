@@ -42,6 +42,12 @@ class Model:
         return {"even" if int(x.reshape(-1)[0]) % 2 == 0 else "odd": x}
 '''
 
+BOTH = """
+class Model:
+    def predict(self, inputs):
+        return dict(inputs)
+"""
+
 SLOW = """
 import time
 class Model:
@@ -88,7 +94,7 @@ def kserve(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFact
     s = Serve(root / "data", kafka=True, extra=["--load", str(SAMPLES), "--load", str(PIPELINES), *hops])
     try:
         s.start()
-        for name, source in (("boom", BOOM), ("split", SPLIT), ("slow", SLOW)):
+        for name, source in (("boom", BOOM), ("split", SPLIT), ("slow", SLOW), ("both", BOTH)):
             cli(s, "model", "load", "-f", str(model_manifest(root, name, source)))
         cli(
             s,
@@ -151,7 +157,26 @@ def kserve(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFact
                 )
             ),
         )
-        for name in ("demo", "one", "three", "failing", "sleepy"):
+        # a diamond: echo -> (split, sum) -> both, an inner join of split's and sum's outputs
+        diamond = (
+            "spec:\n  steps:\n  - name: echo\n  - name: split\n    inputs: [echo]\n"
+            "  - name: sum\n    inputs: [echo]\n  - name: both\n    inputs: [{left}, sum]\n{extra}"
+            "  output:\n    steps: [both]\n"
+        )
+        for name, left, extra in (
+            ("diamond", "split", ""),
+            # split answers `even` for the inputs used below: the `odd` branch is dropped
+            ("innerjoin", "split.outputs.odd", "    joinWindowMs: 500\n"),
+            ("outerjoin", "split.outputs.odd", "    joinWindowMs: 500\n    inputsJoinType: outer\n"),
+        ):
+            cli(
+                s,
+                "pipeline",
+                "load",
+                "-f",
+                str(pipeline_manifest(root, name, diamond.format(left=left, extra=extra))),
+            )
+        for name in ("demo", "one", "three", "failing", "sleepy", "diamond", "innerjoin", "outerjoin"):
             cli(s, "pipeline", "status", name, "-w", "PipelineReady", "--timeout", "60")
         yield s
     finally:
@@ -315,6 +340,34 @@ def test_500_concurrent_requests_each_answered_once_with_its_own_body(kserve: Se
         results = list(pool.map(one, range(500)))
     assert all(status == 200 for status, _ in results)
     assert [value for _, value in results] == [i + 1000 for i in range(500)]
+
+
+def test_diamond_inner_join_concatenates_in_declared_order(kserve: Serve) -> None:
+    status, _, out = infer_pipeline(kserve, "diamond", body([4, 5]))
+    assert status == 200, out
+    assert [(o["name"], o["data"]) for o in out["outputs"]] == [("even", [4, 5]), ("sum", [9])]
+
+
+def test_an_inner_join_that_cannot_complete_answers_an_error_naming_what_is_missing(kserve: Serve) -> None:
+    started = time.monotonic()
+    status, _, out = infer_pipeline(kserve, "innerjoin", body([4, 5]))
+    assert status == 400, out
+    assert "both" in out["error"] and "split.outputs" in out["error"] and "500 ms" in out["error"]
+    assert 0.5 <= time.monotonic() - started < 10
+
+
+def test_an_outer_join_with_a_dropped_branch_answers_what_arrived_when_the_window_closes(
+    kserve: Serve,
+) -> None:
+    started = time.monotonic()
+    status, _, out = infer_pipeline(kserve, "outerjoin", body([4, 5]))
+    assert status == 200, out
+    assert [(o["name"], o["data"]) for o in out["outputs"]] == [("sum", [9])]
+    assert 0.5 <= time.monotonic() - started < 10
+    # and with both branches there, at once, in declared order
+    status, _, out = infer_pipeline(kserve, "outerjoin", body([5, 4]))
+    assert status == 200, out
+    assert [(o["name"], o["data"]) for o in out["outputs"]] == [("odd", [5, 4]), ("sum", [9])]
 
 
 def read_keys(bootstrap: str, topics: list[str], needle: str, want: int, settle_s: float = 1.5) -> list[Any]:

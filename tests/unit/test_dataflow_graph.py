@@ -6,7 +6,7 @@ import pytest
 
 from headrace.config.errors import ConfigError
 from headrace.config.pipelines import PipelineManifest, Ref, parse_pipelines
-from headrace.engine.dataflow.graph import PipelineGraph, StepRoute, compile_pipeline
+from headrace.engine.dataflow.graph import DEFAULT_JOIN_WINDOW_MS, PipelineGraph, StepRoute, compile_pipeline
 from headrace.engine.dataflow.refs import qualify_tensor_map, resolve
 from headrace.engine.dataflow.transforms import ChainKind, chain_kind
 from headrace.engine.topics import Topics
@@ -125,7 +125,7 @@ def test_one_step() -> None:
         f"{M}tfsimple1.outputs": (output,),
         ERRORS: (error_route("tfsimple"),),
     }
-    assert g.output == output and g.error == error_route("tfsimple")
+    assert g.output == (output,) and g.error == error_route("tfsimple")
     assert g.reads == {f"{P}tfsimple.inputs", f"{M}tfsimple1.outputs", ERRORS}
     assert g.writes == {f"{M}tfsimple1.inputs", f"{P}tfsimple.outputs"}
     assert g.models == ("tfsimple1",)
@@ -162,8 +162,9 @@ def test_two_steps_tfsimples() -> None:
         f"{M}tfsimple1.inputs",
         ChainKind.REQUEST_FILTER,
     )
-    assert g.output is not None and g.output.source_topic == f"{M}tfsimple2.outputs"
-    assert g.output.chain_kind is ChainKind.RESPONSE_FILTER
+    [out] = g.output
+    assert out.source_topic == f"{M}tfsimple2.outputs"
+    assert out.chain_kind is ChainKind.RESPONSE_FILTER
     assert g.models == ("tfsimple1", "tfsimple2")
     assert g.reads == {f"{P}tfsimples.inputs", f"{M}tfsimple1.outputs", f"{M}tfsimple2.outputs", ERRORS}
     assert g.writes == {f"{M}tfsimple1.inputs", f"{M}tfsimple2.inputs", f"{P}tfsimples.outputs"}
@@ -199,7 +200,7 @@ def test_three_steps_every_chain_kind() -> None:
         f"{M}b.inputs",
     )
     assert (c.step, c.chain_kind, c.sink_topic) == ("c", ChainKind.REQUEST_FILTER, f"{M}c.inputs")
-    assert out == g.output
+    assert (out,) == g.output
     assert (out.role, out.chain_kind, out.tensors, out.tensor_map, out.sink_topic) == (
         "output",
         ChainKind.REQUEST_TO_RESPONSE,
@@ -238,7 +239,7 @@ def test_conditional_route() -> None:
         {f"{M}conditional.outputs.OUTPUT1": "INPUT"},
     )
     assert mul10.chain_kind is add10.chain_kind is ChainKind.RESPONSE_TO_REQUEST
-    assert g.routes[f"{M}mul10.outputs"] == (g.output,)
+    assert g.routes[f"{M}mul10.outputs"] == g.output
     assert f"{M}add10.outputs" not in g.reads  # add10's results are not a pipeline output
 
 
@@ -264,7 +265,7 @@ def test_step_reading_the_pipeline_explicitly() -> None:
 
 def test_no_output() -> None:
     g = compiled("  steps:\n  - name: a\n")
-    assert g.output is None
+    assert g.output == ()
     assert g.routes == {
         f"{P}p.inputs": (
             StepRoute(
@@ -282,8 +283,8 @@ def test_no_output() -> None:
 
 def test_output_without_steps_echoes_the_inputs() -> None:
     g = compiled("  steps:\n  - name: a\n  output: {tensorMap: {p.inputs.x: y}}\n")
-    assert g.output is not None
-    assert (g.output.source_topic, g.output.chain_kind, g.output.tensor_map) == (
+    [out] = g.output
+    assert (out.source_topic, out.chain_kind, out.tensor_map) == (
         f"{P}p.inputs",
         ChainKind.REQUEST_TO_RESPONSE,
         {f"{P}p.inputs.x": "y"},
@@ -307,14 +308,47 @@ def test_prefix_and_namespace() -> None:
 @pytest.mark.parametrize(
     ("spec", "field"),
     [
-        (
-            "  steps:\n  - name: a\n  - name: b\n  - name: c\n    inputs: [a, b]\n",
-            r"spec\.steps\[2\]\.inputs",
-        ),
         ("  steps:\n  - name: a\n  - name: b\n    triggers: [a]\n", r"spec\.steps\[1\]\.triggers"),
-        ("  steps:\n  - name: a\n  - name: b\n  output: {steps: [a, b]}\n", r"spec\.output\.steps"),
+        ("  steps:\n  - name: a\n    batch: {size: 2}\n", r"spec\.steps\[0\]\.batch"),
     ],
 )
 def test_compile_refuses_what_chains_cannot_run(spec: str, field: str) -> None:
     with pytest.raises(ConfigError, match=rf"Pipeline p: {field}.*not supported yet"):
         compiled(spec)
+
+
+def test_a_step_reading_several_sources_is_a_join_in_declared_order() -> None:
+    g = compiled(
+        "  steps:\n  - name: a\n  - name: b\n  - name: c\n    inputs: [b, a.outputs.x]\n"
+        "    inputsJoinType: outer\n    joinWindowMs: 250\n  output: {steps: [c]}\n"
+    )
+    [from_b] = [r for r in g.routes[f"{M}b.outputs"] if r.step == "c"]
+    [from_a] = [r for r in g.routes[f"{M}a.outputs"] if r.step == "c"]
+    assert from_a.join is from_b.join is not None
+    join = from_b.join
+    assert (join.node, join.sources, join.kind, join.window_s, join.request, join.sink) == (
+        "c",
+        ("b.outputs", "a.outputs"),
+        "outer",
+        0.25,
+        True,
+        f"{M}c.inputs",
+    )
+    assert (from_b.join_index, from_a.join_index) == (0, 1)
+    assert from_a.tensors == frozenset({"x"})
+    [out] = g.output
+    assert out.join is None
+
+
+def test_an_output_of_several_steps_is_a_join_with_the_default_window() -> None:
+    g = compiled("  steps:\n  - name: a\n  - name: b\n  output: {steps: [a, b], stepsJoin: any}\n")
+    assert [r.join_index for r in g.output] == [0, 1]
+    join = g.output[0].join
+    assert join is not None and join is g.output[1].join
+    assert (join.node, join.kind, join.window_s, join.request, join.sink) == (
+        "output",
+        "any",
+        DEFAULT_JOIN_WINDOW_MS / 1000,
+        False,
+        f"{P}p.outputs",
+    )
