@@ -1,5 +1,5 @@
 """A worker's Kafka roles together: model gateway, dataflow and pipeline gateway over one consumer
-and one producer, for the partitions this worker owns (p % workers == index); records for its own
+and its producers, for the partitions this worker owns (p % workers == index); records for its own
 partitions are also handed over in memory (local hops, see backbone.loopback)."""
 
 from __future__ import annotations
