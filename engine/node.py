@@ -21,7 +21,7 @@ from headrace.engine.backbone.consumer import PartitionConsumer
 from headrace.engine.backbone.loopback import HopLedger, LocalRecord, LoopbackProducer
 from headrace.engine.backbone.offsets import OffsetTracker
 from headrace.engine.backbone.producer import AsyncProducer
-from headrace.engine.backbone.record import Record
+from headrace.engine.backbone.record import Record, headers_of
 from headrace.engine.dataflow.graph import PipelineGraph, compile_pipeline
 from headrace.engine.dataflow.runner import DataflowRunner
 from headrace.engine.gateways.model import ModelGateway
@@ -249,8 +249,7 @@ class DataNode:
         self.gateway.fail(record.key(), f"writing to {record.topic()} failed: {exc}")
 
     def _dataflow_error(self, msg: Record, message: str) -> None:
-        raw = msg.headers() or []
-        headers = list(raw.items() if isinstance(raw, dict) else raw)
+        headers = headers_of(msg)
         self.writer.produce(
             self.topics.errors,
             t.partition_of(msg.key(), self.settings.partitions),
@@ -269,7 +268,7 @@ class DataNode:
             self._commit_timer.cancel()
         self.consumer.commit(self.tracker.to_commit())
         self.models.close()
-        self.dataflow.joiner.close()
+        self.dataflow.close()
         self.gateway.fail_all("worker is shutting down")
         self.consumer.stop()
         if self.hop_producer is not self.producer:

@@ -20,6 +20,12 @@ class Record(Protocol):
     def error(self) -> Any: ...
 
 
+def headers_of(record: Record) -> list[tuple[str, Any]]:
+    """A record's headers as a list of (name, value) pairs (confluent-kafka may give None)."""
+    raw = record.headers() or []
+    return list(raw.items() if isinstance(raw, dict) else raw)
+
+
 class Writer(Protocol):
     """Writes a record; the future completes when the broker has it (or fails with ProduceError)."""
 

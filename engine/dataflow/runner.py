@@ -13,7 +13,7 @@ from collections.abc import Callable
 from headrace.config.errors import HeadraceError
 from headrace.engine import topics as t
 from headrace.engine.backbone.producer import Headers
-from headrace.engine.backbone.record import Record, Writer
+from headrace.engine.backbone.record import Record, Writer, headers_of
 from headrace.engine.dataflow.graph import PipelineGraph, StepRoute
 from headrace.engine.dataflow.joins import Joiner, JoinSpec
 from headrace.engine.dataflow.transforms import adjust_headers, transform
@@ -57,8 +57,7 @@ class DataflowRunner:
         routes = self.by_topic.get(msg.topic() or "")
         if not routes:
             return []
-        raw_headers = msg.headers() or []
-        headers: Headers = list(raw_headers.items() if isinstance(raw_headers, dict) else raw_headers)
+        headers: Headers = headers_of(msg)
         value = msg.value() or b""
         key = msg.key() or b""
         partition = t.partition_of(key, self.partitions)
@@ -80,6 +79,10 @@ class DataflowRunner:
             else:
                 futures.append(self.producer.produce(route.sink_topic, partition, key, out, out_headers))
         return futures
+
+    def close(self) -> None:
+        """Drop open joins (their source records stay uncommitted: a successor rebuilds them)."""
+        self.joiner.close()
 
     def _emit_join(self, spec: JoinSpec, key: bytes, headers: Headers, value: bytes) -> asyncio.Future[None]:
         return self.producer.produce(spec.sink, t.partition_of(key, self.partitions), key, value, headers)

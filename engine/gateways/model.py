@@ -17,8 +17,7 @@ import mmh3
 
 from headrace.config.errors import HeadraceError
 from headrace.engine import topics as t
-from headrace.engine.backbone.producer import Headers
-from headrace.engine.backbone.record import Record, Writer
+from headrace.engine.backbone.record import Record, Writer, headers_of
 from headrace.gateway.dataplane import DataPlane
 from headrace.gateway.oip import grpc_codec
 from headrace.gateway.oip.pb import pb2
@@ -108,7 +107,7 @@ class ModelGateway:
         except (HeadraceError, TimeoutError) as exc:
             message = exc.message if isinstance(exc, HeadraceError) else "model gateway worker timed out"
             return self._error(model, msg, message)
-        return self.producer.produce(self.topics.model_outputs(model), partition, key, value, _headers(msg))
+        return self.producer.produce(self.topics.model_outputs(model), partition, key, value, headers_of(msg))
 
     def _written(self, model: str, msg: Record, done: Callable[[], None], fut: asyncio.Future[None]) -> None:
         exc = None if fut.cancelled() else fut.exception()
@@ -119,7 +118,7 @@ class ModelGateway:
         self._error(model, msg, str(exc)).add_done_callback(lambda _: done())
 
     def _error(self, model: str, msg: Record, message: str) -> asyncio.Future[None]:
-        err_headers = [*_headers(msg), (t.ERROR_HEADER, model.encode())]
+        err_headers = [*headers_of(msg), (t.ERROR_HEADER, model.encode())]
         fut = self.producer.produce(
             self.topics.errors, msg.partition() or 0, msg.key() or b"", message.encode(), err_headers
         )
@@ -130,11 +129,6 @@ class ModelGateway:
         for slot in self.slots.values():
             for task in slot.workers:
                 task.cancel()
-
-
-def _headers(msg: Record) -> Headers:
-    raw = msg.headers() or []
-    return list(raw.items() if isinstance(raw, dict) else raw)
 
 
 def _log_failed_error(model: str, fut: asyncio.Future[None]) -> None:

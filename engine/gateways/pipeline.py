@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from headrace.config.errors import ErrorKind, HeadraceError
 from headrace.engine import topics as t
 from headrace.engine.backbone.producer import Headers, ProduceError
-from headrace.engine.backbone.record import Record, Writer
+from headrace.engine.backbone.record import Record, Writer, headers_of
 from headrace.gateway.oip import grpc_codec
 from headrace.gateway.oip.pb import pb2
 from headrace.gateway.oip.types import InferRequest, InferResponse
@@ -126,8 +126,7 @@ class PipelineGateway:
         return Reply(self._decode(msg, request), key_text)
 
     def _decode(self, msg: Record, request: InferRequest) -> InferResponse:
-        raw_headers = msg.headers() or []
-        headers = list(raw_headers.items() if isinstance(raw_headers, dict) else raw_headers)
+        headers = headers_of(msg)
         failed = _header(headers, t.ERROR_HEADER)
         if failed is not None:
             text = (msg.value() or b"").decode("utf-8", "replace")
