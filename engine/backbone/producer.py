@@ -33,6 +33,7 @@ class AsyncProducer:
         self._loop = loop
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._serve_reports, name="kafka-producer", daemon=True)
+        self._reports: list[tuple[asyncio.Future[None], KafkaError | None]] = []
 
     def start(self) -> None:
         self._thread.start()
@@ -47,10 +48,8 @@ class AsyncProducer:
     ) -> asyncio.Future[None]:
         """Queue a record; the future completes when the broker has it (or with ProduceError)."""
         fut: asyncio.Future[None] = self._loop.create_future()
-        loop = self._loop
-
         def on_delivery(err: KafkaError | None, _msg: Any) -> None:
-            loop.call_soon_threadsafe(_settle, fut, err)
+            self._reports.append((fut, err))  # called inside poll(), on the reports thread
 
         try:
             self._producer.produce(
@@ -81,8 +80,11 @@ class AsyncProducer:
         await self.produce(topic, partition, key, value, headers)
 
     def _serve_reports(self) -> None:
+        """Delivery reports reach the loop a poll's worth at a time: one wake-up, not one per record."""
         while not self._stop.is_set():
-            self._producer.poll(0.05)
+            if self._producer.poll(0.05) and self._reports:
+                batch, self._reports = self._reports, []
+                self._loop.call_soon_threadsafe(_settle_all, batch)
 
     def flush(self, timeout: float) -> int:
         """Wait for queued records (call off the loop, e.g. at shutdown); returns how many remain."""
@@ -94,6 +96,11 @@ class AsyncProducer:
         if self._thread.is_alive():
             self._thread.join(timeout=1.0)
             self._producer.flush(timeout)
+
+
+def _settle_all(batch: list[tuple[asyncio.Future[None], KafkaError | None]]) -> None:
+    for fut, err in batch:
+        _settle(fut, err)
 
 
 def _settle(fut: asyncio.Future[None], err: KafkaError | None) -> None:
