@@ -385,15 +385,13 @@ def group_sources(refs: list[str], pipeline: str) -> dict[Ref, frozenset[str] | 
 
 
 def validate_for_chains(m: PipelineManifest) -> None:
-    """Reject what this release cannot run: triggers, batching, external inputs, cycles."""
+    """Reject what this release cannot run: batching, external inputs, cycles."""
     where = f"Pipeline {m.name}"
     if m.input is not None:
         raise ConfigError(f"{where}: spec.input (externalInputs/externalTriggers) is not supported yet")
     if m.allow_cycles:
         raise ConfigError(f"{where}: spec.allowCycles (cyclic pipelines) is not supported yet")
     for i, step in enumerate(m.steps):
-        if step.triggers:
-            raise ConfigError(f"{where}: spec.steps[{i}].triggers is not supported yet")
         if step.batch is not None and step.batch.size:
             raise ConfigError(f"{where}: spec.steps[{i}].batch is not supported yet")
 

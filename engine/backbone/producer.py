@@ -48,6 +48,7 @@ class AsyncProducer:
     ) -> asyncio.Future[None]:
         """Queue a record; the future completes when the broker has it (or with ProduceError)."""
         fut: asyncio.Future[None] = self._loop.create_future()
+
         def on_delivery(err: KafkaError | None, _msg: Any) -> None:
             self._reports.append((fut, err))  # called inside poll(), on the reports thread
 

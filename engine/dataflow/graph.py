@@ -6,7 +6,7 @@ from typing import Literal
 
 import msgspec
 
-from headrace.config.pipelines import JoinType, PipelineManifest, group_sources, validate_for_chains
+from headrace.config.pipelines import JoinType, PipelineManifest, StepSpec, group_sources, validate_for_chains
 from headrace.engine.dataflow.joins import JoinSpec
 from headrace.engine.dataflow.refs import qualify_tensor_map, ref_topic
 from headrace.engine.dataflow.transforms import ChainKind, chain_kind
@@ -60,11 +60,16 @@ def _routes(
     role: RouteRole,
     join_kind: JoinType,
     window_ms: int | None,
+    *,
+    part: str = "",
+    then: JoinSpec | None = None,
+    then_index: int = 0,
 ) -> list[StepRoute]:
-    """One route per source topic; several sources make a join, keyed by the record key."""
+    """One route per source topic; several sources make a join, keyed by the record key. With
+    ``then``, what they make (one source's record, or their join) goes on to that join."""
     sources = group_sources(refs, manifest.name)
     qualified = qualify_tensor_map(tensor_map, manifest.name, topics)
-    join = None
+    join, first_index = then, then_index
     if len(sources) > 1:
         join = JoinSpec(
             pipeline=manifest.name,
@@ -74,7 +79,11 @@ def _routes(
             window_s=(window_ms or DEFAULT_JOIN_WINDOW_MS) / 1000,
             request=role == "step",
             sink=sink,
+            part=part,
+            then=then,
+            then_index=then_index,
         )
+        first_index = 0
     out = []
     for index, (source_ref, tensors) in enumerate(sources.items()):
         source = ref_topic(source_ref, topics)
@@ -90,10 +99,43 @@ def _routes(
                 tensor_map={k: v for k, v in qualified.items() if k.startswith(prefix)},
                 role=role,
                 join=join,
-                join_index=index,
+                join_index=index if len(sources) > 1 else first_index,
             )
         )
     return out
+
+
+def _step_routes(manifest: PipelineManifest, topics: Topics, step: StepSpec) -> list[StepRoute]:
+    """A step's routes. With triggers, as Seldon: the triggers (each only if its tensor is there) are
+    joined with ``triggersJoinType``, then inner-joined with the step's inputs; only the inputs go on."""
+    sink = topics.model_inputs(step.name)
+    inputs = step.inputs or [manifest.name]
+    if not step.triggers:
+        return _routes(
+            manifest, topics, inputs, sink, step.tensor_map, step.name, "step",
+            step.inputs_join_type, step.join_window_ms,
+        )  # fmt: skip
+    gate = JoinSpec(
+        pipeline=manifest.name,
+        node=step.name,
+        sources=("inputs", f"triggers ({', '.join(step.triggers)})"),
+        kind="inner",
+        window_s=(step.join_window_ms or DEFAULT_JOIN_WINDOW_MS) / 1000,
+        request=True,
+        sink=sink,
+        part="gate",
+        keep_first=True,
+    )
+    return [
+        *_routes(
+            manifest, topics, inputs, sink, step.tensor_map, step.name, "step",
+            step.inputs_join_type, step.join_window_ms, then=gate, then_index=0,
+        ),
+        *_routes(
+            manifest, topics, step.triggers, sink, {}, step.name, "step",
+            step.triggers_join_type, step.join_window_ms, part="triggers", then=gate, then_index=1,
+        ),
+    ]  # fmt: skip
 
 
 def compile_pipeline(manifest: PipelineManifest, topics: Topics) -> PipelineGraph:
@@ -106,21 +148,7 @@ def compile_pipeline(manifest: PipelineManifest, topics: Topics) -> PipelineGrap
     validate_for_chains(manifest)
     name = manifest.name
     inputs_topic, outputs_topic = topics.pipeline_inputs(name), topics.pipeline_outputs(name)
-    routes = [
-        route
-        for step in manifest.steps
-        for route in _routes(
-            manifest,
-            topics,
-            step.inputs or [name],
-            topics.model_inputs(step.name),
-            step.tensor_map,
-            step.name,
-            "step",
-            step.inputs_join_type,
-            step.join_window_ms,
-        )
-    ]
+    routes = [route for step in manifest.steps for route in _step_routes(manifest, topics, step)]
     output: tuple[StepRoute, ...] = ()
     if manifest.output is not None:  # as Seldon: an output with no steps echoes the pipeline's inputs
         out = manifest.output

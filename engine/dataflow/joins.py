@@ -35,7 +35,11 @@ class JoinSpec:
     kind: JoinType
     window_s: float
     request: bool  # the joined record is a ModelInferRequest (else a ModelInferResponse)
-    sink: str  # the topic the joined record goes to
+    sink: str  # the topic the joined record goes to (unless ``then``)
+    part: str = ""  # which join of the node this is ("" the inputs; "triggers"; "gate")
+    keep_first: bool = False  # emit only the first source (a trigger gate drops the trigger payload)
+    then: JoinSpec | None = None  # the joined record goes on to this join instead of ``sink``
+    then_index: int = 0  # as that join's source number
 
 
 @dataclass(slots=True)
@@ -54,7 +58,7 @@ class Joiner:
         self.loop = loop
         self.emit = emit
         self.fail = fail
-        self.open: dict[tuple[str, str, bytes], _Open] = {}
+        self.open: dict[tuple[str, str, str, bytes], _Open] = {}
 
     def offer(
         self, spec: JoinSpec, index: int, key: bytes, headers: Headers, value: bytes
@@ -63,7 +67,7 @@ class Joiner:
         settled and written (or dropped), so the source record is committed only then: a worker that
         dies meanwhile rebuilds the join from the topics."""
         settled: asyncio.Future[None] = self.loop.create_future()
-        slot = (spec.pipeline, spec.node, key)
+        slot = (spec.pipeline, spec.node, spec.part, key)
         state = self.open.get(slot)
         if state is None:
             state = self.open[slot] = _Open([None] * len(spec.sources), headers)
@@ -87,30 +91,32 @@ class Joiner:
             self._settle(state, self._emit_joined(spec, key, state))
         return settled
 
-    def _expire(self, spec: JoinSpec, slot: tuple[str, str, bytes]) -> None:
+    def _expire(self, spec: JoinSpec, slot: tuple[str, str, str, bytes]) -> None:
         state = self.open.pop(slot, None)
         if state is None or spec.kind == "any":
             return
-        key = slot[2]
+        key = slot[3]
         if spec.kind == "outer" and any(p is not None for p in state.parts):
             self._settle(state, self._emit_joined(spec, key, state))
             return
         missing = [s for s, p in zip(spec.sources, state.parts, strict=True) if p is None]
         where = "output" if spec.node == "output" else f"step {spec.node}"
+        what = {"triggers": "trigger join", "gate": "join of inputs and triggers"}.get(spec.part, "join")
         message = (
-            f"pipeline {spec.pipeline}: {where}: the {spec.kind} join got no {', '.join(missing)} within "
-            f"its window of {spec.window_s * 1000:g} ms"
+            f"pipeline {spec.pipeline}: {where}: the {spec.kind} {what} got no {', '.join(missing)} "
+            f"within its window of {spec.window_s * 1000:g} ms"
         )
         self._settle(state, self.fail(spec, key, state.headers, message))
 
     def _emit_joined(self, spec: JoinSpec, key: bytes, state: _Open) -> asyncio.Future[None]:
+        parts = state.parts[:1] if spec.keep_first else state.parts
         try:
-            value = merge([p for p in state.parts if p is not None], spec.request)
+            value = merge([p for p in parts if p is not None], spec.request)
         except Exception as exc:  # a part the codec refuses (e.g. mismatched contents)
             return self.fail(spec, key, state.headers, f"pipeline {spec.pipeline}: join failed: {exc}")
         return self.emit(spec, key, state.headers, value)
 
-    def _close(self, slot: tuple[str, str, bytes], state: _Open) -> None:
+    def _close(self, slot: tuple[str, str, str, bytes], state: _Open) -> None:
         self.open.pop(slot, None)
         if state.timer is not None:
             state.timer.cancel()

@@ -85,6 +85,8 @@ class DataflowRunner:
         self.joiner.close()
 
     def _emit_join(self, spec: JoinSpec, key: bytes, headers: Headers, value: bytes) -> asyncio.Future[None]:
+        if spec.then is not None:  # e.g. a step's joined triggers go on to meet its inputs
+            return self.joiner.offer(spec.then, spec.then_index, key, headers, value)
         return self.producer.produce(spec.sink, t.partition_of(key, self.partitions), key, value, headers)
 
     def _fail_join(self, spec: JoinSpec, key: bytes, headers: Headers, message: str) -> asyncio.Future[None]:

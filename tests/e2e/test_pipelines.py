@@ -176,7 +176,25 @@ def kserve(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFact
                 "-f",
                 str(pipeline_manifest(root, name, diamond.format(left=left, extra=extra))),
             )
-        for name in ("demo", "one", "three", "failing", "sleepy", "diamond", "innerjoin", "outerjoin"):
+        # sum runs only when split's `even` fires its trigger; it gets echo's outputs, not the trigger's
+        gated = (
+            "spec:\n  steps:\n  - name: echo\n  - name: split\n    inputs: [echo]\n"
+            "  - name: sum\n    inputs: [echo]\n    triggers: [split.outputs.even]\n    joinWindowMs: 500\n"
+            "  output:\n    steps: [sum]\n"
+        )
+        cli(s, "pipeline", "load", "-f", str(pipeline_manifest(root, "gated", gated)))
+        pipelines = (
+            "demo",
+            "one",
+            "three",
+            "failing",
+            "sleepy",
+            "diamond",
+            "innerjoin",
+            "outerjoin",
+            "gated",
+        )
+        for name in pipelines:
             cli(s, "pipeline", "status", name, "-w", "PipelineReady", "--timeout", "60")
         yield s
     finally:
@@ -368,6 +386,17 @@ def test_an_outer_join_with_a_dropped_branch_answers_what_arrived_when_the_windo
     status, _, out = infer_pipeline(kserve, "outerjoin", body([5, 4]))
     assert status == 200, out
     assert [(o["name"], o["data"]) for o in out["outputs"]] == [("odd", [5, 4]), ("sum", [9])]
+
+
+def test_a_trigger_runs_the_step_only_when_its_tensor_is_there(kserve: Serve) -> None:
+    status, _, out = infer_pipeline(kserve, "gated", body([4, 5]))  # split answers `even`: fires
+    assert status == 200, out
+    assert [(o["name"], o["data"]) for o in out["outputs"]] == [("sum", [9])]  # echo's x, summed
+    started = time.monotonic()
+    status, _, out = infer_pipeline(kserve, "gated", body([5, 4]))  # `odd`: no trigger
+    assert status == 400, out
+    assert "sum" in out["error"] and "triggers (split.outputs.even)" in out["error"]
+    assert 0.5 <= time.monotonic() - started < 10
 
 
 def read_keys(bootstrap: str, topics: list[str], needle: str, want: int, settle_s: float = 1.5) -> list[Any]:

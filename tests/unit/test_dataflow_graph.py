@@ -308,7 +308,6 @@ def test_prefix_and_namespace() -> None:
 @pytest.mark.parametrize(
     ("spec", "field"),
     [
-        ("  steps:\n  - name: a\n  - name: b\n    triggers: [a]\n", r"spec\.steps\[1\]\.triggers"),
         ("  steps:\n  - name: a\n    batch: {size: 2}\n", r"spec\.steps\[0\]\.batch"),
     ],
 )
@@ -352,3 +351,26 @@ def test_an_output_of_several_steps_is_a_join_with_the_default_window() -> None:
         False,
         f"{P}p.outputs",
     )
+
+
+def test_triggers_are_joined_then_gate_the_inputs() -> None:
+    g = compiled(
+        "  steps:\n  - name: a\n  - name: t1\n  - name: t2\n  - name: c\n    inputs: [a]\n"
+        "    triggers: [t1.outputs.ok, t2]\n    triggersJoinType: any\n    joinWindowMs: 300\n"
+    )
+    [data] = [r for r in g.routes[f"{M}a.outputs"] if r.step == "c"]
+    [t1] = [r for r in g.routes[f"{M}t1.outputs"] if r.step == "c"]
+    [t2] = [r for r in g.routes[f"{M}t2.outputs"] if r.step == "c"]
+    gate = data.join
+    assert gate is not None and data.join_index == 0
+    assert (gate.part, gate.kind, gate.keep_first, gate.window_s, gate.sink) == (
+        "gate",
+        "inner",
+        True,
+        0.3,
+        f"{M}c.inputs",
+    )
+    triggers = t1.join
+    assert triggers is not None and triggers is t2.join and (t1.join_index, t2.join_index) == (0, 1)
+    assert (triggers.part, triggers.kind, triggers.then, triggers.then_index) == ("triggers", "any", gate, 1)
+    assert t1.tensors == frozenset({"ok"})  # a trigger fires only if its tensor is there

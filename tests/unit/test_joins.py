@@ -148,7 +148,7 @@ def test_keys_are_joined_separately() -> None:
         joiner.offer(s, 1, b"k1", [], request("b", 3))
         await asyncio.sleep(0)
         assert [k for k, _ in sink.emitted] == [b"k1"]
-        assert list(joiner.open) == [("p", "d", b"k2")]
+        assert list(joiner.open) == [("p", "d", "", b"k2")]
 
     run(body)
 
@@ -158,3 +158,22 @@ def test_merge_turns_typed_contents_into_raw_when_parts_differ() -> None:
     assert [t.name for t in joined.inputs] == ["a", "b"]
     assert [int.from_bytes(r, "little") for r in joined.raw_input_contents] == [7, 9]
     assert joined.id == "r1"
+
+
+def test_a_trigger_gate_passes_on_the_inputs_only_and_only_when_the_trigger_came() -> None:
+    async def body(joiner: Joiner, sink: Sink) -> None:
+        gate = JoinSpec(
+            pipeline="p", node="d", sources=("inputs", "triggers (t.outputs)"), kind="inner",
+            window_s=0.05, request=True, sink="sink", part="gate", keep_first=True,
+        )  # fmt: skip
+        joiner.offer(gate, 1, b"fired", [], request("trigger", 1))
+        joiner.offer(gate, 0, b"fired", [], request("x", 2))
+        joiner.offer(gate, 0, b"not-fired", [], request("x", 3))
+        await asyncio.sleep(0.1)
+        assert [(k, names(v)) for k, v in sink.emitted] == [
+            (b"fired", ["x"])
+        ]  # the trigger's payload dropped
+        [(key, message)] = sink.failed
+        assert key == b"not-fired" and "join of inputs and triggers got no triggers (t.outputs)" in message
+
+    run(body)

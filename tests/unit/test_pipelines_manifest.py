@@ -491,7 +491,6 @@ def test_document_errors(text: str, message: str) -> None:
 @pytest.mark.parametrize(
     ("text", "message"),
     [
-        (CHOICE, r"Pipeline choice: spec\.steps\[1\]\.triggers is not supported yet"),
         (IRIS_BATCH, r"Pipeline iris-batch: spec\.steps\[0\]\.batch is not supported yet"),
         (TFSIMPLE_EXTENDED, r"Pipeline tfsimple-extended: spec\.input .*is not supported yet"),
     ],
@@ -523,8 +522,8 @@ def test_conditional_chain_accepted() -> None:
     validate_for_chains(m)
 
 
-@pytest.mark.parametrize("text", [TFSIMPLES_JOIN, TFSIMPLES_INPUT, CONDITIONAL])
-def test_joins_accepted(text: str) -> None:
+@pytest.mark.parametrize("text", [TFSIMPLES_JOIN, TFSIMPLES_INPUT, CONDITIONAL, CHOICE])
+def test_joins_and_triggers_accepted(text: str) -> None:
     [m] = parse_pipelines(text)
     validate_for_chains(m)
 
