@@ -385,7 +385,7 @@ def group_sources(refs: list[str], pipeline: str) -> dict[Ref, frozenset[str] | 
 
 
 def validate_for_chains(m: PipelineManifest) -> None:
-    """Reject what this release cannot run: batching, external inputs, cycles."""
+    """Reject what this release cannot run: external inputs, cycles, batching joined or rolling steps."""
     where = f"Pipeline {m.name}"
     if m.input is not None:
         raise ConfigError(f"{where}: spec.input (externalInputs/externalTriggers) is not supported yet")
@@ -393,7 +393,14 @@ def validate_for_chains(m: PipelineManifest) -> None:
         raise ConfigError(f"{where}: spec.allowCycles (cyclic pipelines) is not supported yet")
     for i, step in enumerate(m.steps):
         if step.batch is not None and step.batch.size:
-            raise ConfigError(f"{where}: spec.steps[{i}].batch is not supported yet")
+            field = f"spec.steps[{i}].batch"
+            if step.batch.rolling:
+                raise ConfigError(f"{where}: {field}.rolling is not supported yet")
+            if step.triggers or len(group_sources(step.inputs or [m.name], m.name)) > 1:
+                raise ConfigError(
+                    f"{where}: {field}: batching a step that joins inputs or has triggers "
+                    "is not supported yet"
+                )
 
 
 def parse_pipelines(text: str) -> list[PipelineManifest]:

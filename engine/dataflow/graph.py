@@ -7,6 +7,7 @@ from typing import Literal
 import msgspec
 
 from headrace.config.pipelines import JoinType, PipelineManifest, StepSpec, group_sources, validate_for_chains
+from headrace.engine.dataflow.batches import DEFAULT_WINDOW_MS, BatchSpec
 from headrace.engine.dataflow.joins import JoinSpec
 from headrace.engine.dataflow.refs import qualify_tensor_map, ref_topic
 from headrace.engine.dataflow.transforms import ChainKind, chain_kind
@@ -34,6 +35,7 @@ class StepRoute(msgspec.Struct, frozen=True, kw_only=True):
     role: RouteRole = "step"
     join: JoinSpec | None = None  # set when the step (or output) reads several sources
     join_index: int = 0  # this source's place in the join's declared order
+    batch: BatchSpec | None = None  # set when the step batches its requests
 
 
 class PipelineGraph(msgspec.Struct, frozen=True, kw_only=True):
@@ -111,10 +113,20 @@ def _step_routes(manifest: PipelineManifest, topics: Topics, step: StepSpec) -> 
     sink = topics.model_inputs(step.name)
     inputs = step.inputs or [manifest.name]
     if not step.triggers:
-        return _routes(
+        routes = _routes(
             manifest, topics, inputs, sink, step.tensor_map, step.name, "step",
             step.inputs_join_type, step.join_window_ms,
         )  # fmt: skip
+        if step.batch is not None and step.batch.size:
+            batch = BatchSpec(
+                pipeline=manifest.name,
+                node=step.name,
+                size=step.batch.size,
+                window_s=(step.batch.window_ms or DEFAULT_WINDOW_MS) / 1000,
+                sink=sink,
+            )
+            routes = [msgspec.structs.replace(route, batch=batch) for route in routes]
+        return routes
     gate = JoinSpec(
         pipeline=manifest.name,
         node=step.name,

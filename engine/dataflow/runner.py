@@ -14,11 +14,14 @@ from headrace.config.errors import HeadraceError
 from headrace.engine import topics as t
 from headrace.engine.backbone.producer import Headers
 from headrace.engine.backbone.record import Record, Writer, headers_of
+from headrace.engine.dataflow.batches import BATCH_HEADER, Batcher, BatchSpec, batch_members, split_response
 from headrace.engine.dataflow.graph import PipelineGraph, StepRoute
 from headrace.engine.dataflow.joins import Joiner, JoinSpec
 from headrace.engine.dataflow.transforms import adjust_headers, transform
 
 log = logging.getLogger("headrace.dataflow")
+
+Written = asyncio.Future[None]
 
 
 class DataflowRunner:
@@ -34,6 +37,7 @@ class DataflowRunner:
         self.partitions = partitions
         self.on_error = on_error
         self.joiner = Joiner(loop, self._emit_join, self._fail_join)
+        self.batcher = Batcher(loop, self._write_batch, self._fail_batch, partitions)
         self.errors_topic = errors_topic
         self.graphs: dict[str, tuple[PipelineGraph, str]] = {}  # name -> (graph, version)
         self.by_topic: dict[str, list[StepRoute]] = {}
@@ -53,13 +57,34 @@ class DataflowRunner:
         return topic in self.by_topic
 
     def on_record(self, msg: Record) -> list[object]:
-        """Forward one record along every route it feeds; returns the produce futures."""
-        routes = self.by_topic.get(msg.topic() or "")
+        """Forward one record along every route it feeds; returns the produce futures. A batched
+        model answer is first cut back into one record per request of the batch."""
+        topic = msg.topic() or ""
+        routes = self.by_topic.get(topic)
         if not routes:
             return []
         headers: Headers = headers_of(msg)
         value = msg.value() or b""
-        key = msg.key() or b""
+        members = batch_members(headers) if topic.endswith(".outputs") else None
+        if members is None:
+            return self._forward(msg, routes, msg.key() or b"", headers, value)
+        try:
+            values = split_response(value, members)
+        except (HeadraceError, ValueError) as exc:
+            text = exc.message if isinstance(exc, HeadraceError) else str(exc)
+            self.on_error(msg, f"a batched answer on {topic} cannot be split: {text}")
+            return []
+        futures: list[object] = []
+        plain = [(n, v) for n, v in headers if n not in (BATCH_HEADER, t.REQUEST_ID_HEADER)]
+        for (key, _), part in zip(members, values, strict=True):
+            request_id = (t.split_key(key) or ("", "", ""))[2]
+            member_headers = [*plain, (t.REQUEST_ID_HEADER, request_id.encode())]
+            futures += self._forward(msg, routes, key.encode(), member_headers, part)
+        return futures
+
+    def _forward(
+        self, msg: Record, routes: list[StepRoute], key: bytes, headers: Headers, value: bytes
+    ) -> list[object]:
         partition = t.partition_of(key, self.partitions)
         futures: list[object] = []
         for route in routes:
@@ -76,6 +101,8 @@ class DataflowRunner:
             out_headers = adjust_headers(headers, route.pipeline, version)  # type: ignore[arg-type]
             if route.join is not None:
                 futures.append(self.joiner.offer(route.join, route.join_index, key, out_headers, out))
+            elif route.batch is not None:
+                futures.append(self.batcher.offer(route.batch, key, out_headers, out))
             else:
                 futures.append(self.producer.produce(route.sink_topic, partition, key, out, out_headers))
         return futures
@@ -83,16 +110,30 @@ class DataflowRunner:
     def close(self) -> None:
         """Drop open joins (their source records stay uncommitted: a successor rebuilds them)."""
         self.joiner.close()
+        self.batcher.close()
 
     def _emit_join(self, spec: JoinSpec, key: bytes, headers: Headers, value: bytes) -> asyncio.Future[None]:
         if spec.then is not None:  # e.g. a step's joined triggers go on to meet its inputs
             return self.joiner.offer(spec.then, spec.then_index, key, headers, value)
         return self.producer.produce(spec.sink, t.partition_of(key, self.partitions), key, value, headers)
 
+    def _write_batch(
+        self, spec: BatchSpec, key: bytes, headers: Headers, value: bytes
+    ) -> asyncio.Future[None]:
+        return self.producer.produce(spec.sink, t.partition_of(key, self.partitions), key, value, headers)
+
+    def _fail_batch(
+        self, spec: BatchSpec, key: bytes, headers: Headers, message: str
+    ) -> asyncio.Future[None]:
+        return self._error(spec.node, key, headers, message)
+
     def _fail_join(self, spec: JoinSpec, key: bytes, headers: Headers, message: str) -> asyncio.Future[None]:
         """An incomplete inner join: an error record, which the error route takes to the caller."""
         log.info("%s (key %s)", message, key.decode("utf-8", "replace"))
-        node = spec.node if spec.node != "output" else spec.pipeline
+        return self._error(spec.node if spec.node != "output" else spec.pipeline, key, headers, message)
+
+    def _error(self, node: str, key: bytes, headers: Headers, message: str) -> asyncio.Future[None]:
+        """An error record for ``key``, which the error route takes to its caller."""
         return self.producer.produce(
             self.errors_topic,
             t.partition_of(key, self.partitions),

@@ -183,6 +183,9 @@ def kserve(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFact
             "  output:\n    steps: [sum]\n"
         )
         cli(s, "pipeline", "load", "-f", str(pipeline_manifest(root, "gated", gated)))
+        batched = "spec:\n  steps:\n  - name: sum\n    batch: {size: 3, windowMs: 1000}\n"
+        batched += "  output:\n    steps: [sum]\n"
+        cli(s, "pipeline", "load", "-f", str(pipeline_manifest(root, "batched", batched)))
         pipelines = (
             "demo",
             "one",
@@ -193,6 +196,7 @@ def kserve(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFact
             "innerjoin",
             "outerjoin",
             "gated",
+            "batched",
         )
         for name in pipelines:
             cli(s, "pipeline", "status", name, "-w", "PipelineReady", "--timeout", "60")
@@ -397,6 +401,28 @@ def test_a_trigger_runs_the_step_only_when_its_tensor_is_there(kserve: Serve) ->
     assert status == 400, out
     assert "sum" in out["error"] and "triggers (split.outputs.even)" in out["error"]
     assert 0.5 <= time.monotonic() - started < 10
+
+
+def test_a_batched_step_calls_the_model_once_for_several_callers_each_getting_its_own_rows(
+    kserve: Serve,
+) -> None:
+    def one(i: int) -> tuple[int, Any]:
+        status, _, out = infer_pipeline(kserve, "batched", body([i, 100]))
+        return status, out
+
+    with concurrent.futures.ThreadPoolExecutor(3) as pool:
+        results = list(pool.map(one, range(3)))
+    assert [status for status, _ in results] == [200, 200, 200], results
+    assert [out["outputs"][0]["data"] for _, out in results] == [[100], [101], [102]]
+    batches = read_keys(kserve.bootstrap, ["seldon.default.model.sum.inputs"], ".batched.batch-", want=2)
+    members = [orjson.loads(dict(m.headers())["headrace-batch"]) for m in batches]
+    assert sum(len(m) for m in members) == 3  # every request went through a batch
+    assert max(len(m) for m in members) >= 2  # two workers: at least one batch held two requests
+    # a lone caller: its partial batch goes when the 1 s window closes, it does not wait for company
+    started = time.monotonic()
+    status, _, out = infer_pipeline(kserve, "batched", body([5, 6]))
+    assert status == 200 and out["outputs"][0]["data"] == [11]
+    assert 0.9 <= time.monotonic() - started < 10
 
 
 def read_keys(bootstrap: str, topics: list[str], needle: str, want: int, settle_s: float = 1.5) -> list[Any]:

@@ -308,7 +308,7 @@ def test_prefix_and_namespace() -> None:
 @pytest.mark.parametrize(
     ("spec", "field"),
     [
-        ("  steps:\n  - name: a\n    batch: {size: 2}\n", r"spec\.steps\[0\]\.batch"),
+        ("  steps:\n  - name: a\n    batch: {size: 2, rolling: true}\n", r"spec\.steps\[0\]\.batch\.rolling"),
     ],
 )
 def test_compile_refuses_what_chains_cannot_run(spec: str, field: str) -> None:
@@ -374,3 +374,17 @@ def test_triggers_are_joined_then_gate_the_inputs() -> None:
     assert triggers is not None and triggers is t2.join and (t1.join_index, t2.join_index) == (0, 1)
     assert (triggers.part, triggers.kind, triggers.then, triggers.then_index) == ("triggers", "any", gate, 1)
     assert t1.tensors == frozenset({"ok"})  # a trigger fires only if its tensor is there
+
+
+def test_a_batched_step_carries_its_batch_on_its_route() -> None:
+    g = compiled("  steps:\n  - name: a\n    batch: {size: 3, windowMs: 40}\n  - name: b\n    inputs: [a]\n")
+    [to_a] = g.routes[f"{P}p.inputs"]
+    assert to_a.batch is not None
+    assert (to_a.batch.node, to_a.batch.size, to_a.batch.window_s, to_a.batch.sink) == (
+        "a",
+        3,
+        0.04,
+        f"{M}a.inputs",
+    )
+    [to_b] = g.routes[f"{M}a.outputs"]
+    assert to_b.batch is None

@@ -39,9 +39,9 @@ spec:
   output:
     steps: [b]
 """
-# batching is not supported yet: a pipeline the scheduler must refuse
+# rolling batches are not supported yet: a pipeline the scheduler must refuse
 JOIN = CHAIN.replace("name: chain", "name: join").replace(
-    "inputs: [a]", "inputs: [a]\n      batch: {size: 2}"
+    "inputs: [a]", "inputs: [a]\n      batch: {size: 2, rolling: true}"
 )
 
 
@@ -85,7 +85,7 @@ def test_api_load_get_list_delete(api: ControlApi) -> None:
             CHAIN.replace("    - name: a\n", "    - name: a\n      joinWindow: 3\n"),
             "spec.steps[0].joinWindow",
         ),
-        (JOIN, "Pipeline join: spec.steps[1].batch is not supported yet"),
+        (JOIN, "Pipeline join: spec.steps[1].batch.rolling is not supported yet"),
         (CHAIN.replace("kind: Pipeline", "kind: Model"), "document 1: kind 'Model' is not a Pipeline"),
         (CHAIN.replace("inputs: [a]", "inputs: [x]"), "spec.steps[1].inputs[0] 'x' refers to 'x'"),
         (CHAIN + "---\n" + CHAIN, "Pipeline chain: defined more than once"),
@@ -98,7 +98,7 @@ def test_api_rejects_with_the_field(api: ControlApi, body: str | bytes, message:
 
 def test_api_loads_nothing_when_one_document_is_bad(api: ControlApi) -> None:
     code, answer = post(api, CHAIN + "---\n" + JOIN)
-    assert code == 400 and "batch is not supported yet" in answer["error"]
+    assert code == 400 and "batch.rolling is not supported yet" in answer["error"]
     assert api.dispatch("GET", "/v1/pipelines", b"")[1] == {"pipelines": []}
 
 
@@ -165,7 +165,7 @@ def test_cli_load_errors_name_the_file(control: str, tmp_path: Path) -> None:
     path = tmp_path / "join.yaml"
     path.write_text(JOIN)
     result = CliRunner().invoke(pipeline, ["load", "-f", str(path), "--control", control])
-    assert result.exit_code == 1 and "batch is not supported yet" in result.output
+    assert result.exit_code == 1 and "batch.rolling is not supported yet" in result.output
     path.write_text(CHAIN.replace("steps:\n    - name: a", "steps:\n    - nme: a"))
     result = CliRunner().invoke(pipeline, ["load", "-f", str(path), "--control", control])
     assert result.exit_code == 1 and f"{path}: Pipeline chain: spec.steps[0].nme" in result.output

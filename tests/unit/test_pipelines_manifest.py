@@ -491,7 +491,14 @@ def test_document_errors(text: str, message: str) -> None:
 @pytest.mark.parametrize(
     ("text", "message"),
     [
-        (IRIS_BATCH, r"Pipeline iris-batch: spec\.steps\[0\]\.batch is not supported yet"),
+        (
+            IRIS_BATCH.replace("size: 2", "size: 2\n       rolling: true"),
+            r"Pipeline iris-batch: spec\.steps\[0\]\.batch\.rolling is not supported yet",
+        ),
+        (
+            doc("  steps:\n  - name: a\n  - name: b\n    inputs: [a, p.inputs]\n    batch: {size: 2}\n"),
+            r"Pipeline p: spec\.steps\[1\]\.batch: batching a step that joins inputs",
+        ),
         (TFSIMPLE_EXTENDED, r"Pipeline tfsimple-extended: spec\.input .*is not supported yet"),
     ],
 )
@@ -522,7 +529,7 @@ def test_conditional_chain_accepted() -> None:
     validate_for_chains(m)
 
 
-@pytest.mark.parametrize("text", [TFSIMPLES_JOIN, TFSIMPLES_INPUT, CONDITIONAL, CHOICE])
+@pytest.mark.parametrize("text", [TFSIMPLES_JOIN, TFSIMPLES_INPUT, CONDITIONAL, CHOICE, IRIS_BATCH])
 def test_joins_and_triggers_accepted(text: str) -> None:
     [m] = parse_pipelines(text)
     validate_for_chains(m)
