@@ -136,6 +136,31 @@ def parse_ref(ref: str, pipeline: str) -> Ref:
     return Ref(name, parts[1], parts[2] if len(parts) == 3 else None, name == pipeline)
 
 
+def parse_external_ref(ref: str) -> tuple[str, Ref]:
+    """(source pipeline, what it reads) for an ``input.externalInputs`` reference: ``p`` (p.outputs),
+    ``p.inputs|outputs[.tensor]``, ``p.step.s`` (s.outputs) or ``p.step.s.inputs|outputs[.tensor]``.
+
+    Raises ValueError with the reason when the syntax is wrong.
+    """
+    parts = ref.split(".")
+    if any(not p.strip() for p in parts):
+        raise ValueError("is empty or has an empty part")
+    source = parts[0]
+    if len(parts) == 1:
+        return source, Ref(source, OUTPUTS, None, True)
+    if parts[1] in (INPUTS, OUTPUTS):
+        if len(parts) > 3:
+            raise ValueError("has too many parts (expected <pipeline>[.inputs|.outputs[.<tensor>]])")
+        return source, Ref(source, parts[1], parts[2] if len(parts) == 3 else None, True)
+    if parts[1] != "step" or len(parts) < 3:
+        raise ValueError(f"has {parts[1]!r} where inputs, outputs or step is expected")
+    if len(parts) == 3:
+        return source, Ref(parts[2], OUTPUTS, None, False)
+    if parts[3] not in (INPUTS, OUTPUTS) or len(parts) > 5:
+        raise ValueError("must be <pipeline>.step.<step>[.inputs|.outputs[.<tensor>]]")
+    return source, Ref(parts[2], parts[3], parts[4] if len(parts) == 5 else None, False)
+
+
 def parse_tensor_key(key: str, pipeline: str) -> Ref:
     """A tensorMap key ``<step|pipeline>.<inputs|outputs>.<tensor>`` (the tensor may contain dots)."""
     parts = key.split(".", 2)
@@ -385,10 +410,27 @@ def group_sources(refs: list[str], pipeline: str) -> dict[Ref, frozenset[str] | 
 
 
 def validate_for_chains(m: PipelineManifest) -> None:
-    """Reject what this release cannot run: external inputs, cycles, batching joined or rolling steps."""
+    """Reject what this release cannot run: external triggers, cycles, batching joined or rolling steps;
+    check the external references' syntax."""
     where = f"Pipeline {m.name}"
     if m.input is not None:
-        raise ConfigError(f"{where}: spec.input (externalInputs/externalTriggers) is not supported yet")
+        if m.input.external_triggers:
+            raise ConfigError(f"{where}: spec.input.externalTriggers is not supported yet")
+        for j, text in enumerate(m.input.external_inputs):
+            field = f"spec.input.externalInputs[{j}]"
+            try:
+                source, _ = parse_external_ref(text)
+            except ValueError as exc:
+                raise ConfigError(f"{where}: {field} {text!r} {exc}") from None
+            if source == m.name:
+                raise ConfigError(f"{where}: {field} {text!r} reads the pipeline itself")
+        for key in m.input.tensor_map:
+            try:
+                _, ref = parse_external_ref(key)
+            except ValueError as exc:
+                raise ConfigError(f"{where}: spec.input.tensorMap key {key!r} {exc}") from None
+            if ref.tensor is None:
+                raise ConfigError(f"{where}: spec.input.tensorMap key {key!r} names no tensor")
     if m.allow_cycles:
         raise ConfigError(f"{where}: spec.allowCycles (cyclic pipelines) is not supported yet")
     for i, step in enumerate(m.steps):
@@ -401,6 +443,18 @@ def validate_for_chains(m: PipelineManifest) -> None:
                     f"{where}: {field}: batching a step that joins inputs or has triggers "
                     "is not supported yet"
                 )
+
+
+def external_sources(m: PipelineManifest) -> set[str]:
+    """The pipelines this one reads through ``input.externalInputs``."""
+    if m.input is None:
+        return set()
+    return {parse_external_ref(text)[0] for text in m.input.external_inputs}
+
+
+def find_pipeline_cycle(reads: Mapping[str, set[str]]) -> list[str] | None:
+    """A cycle among pipelines reading each other (name → the pipelines it reads), as [a, b, ..., a]."""
+    return _find_cycle({name: {r for r in read if r in reads} for name, read in reads.items()})
 
 
 def parse_pipelines(text: str) -> list[PipelineManifest]:

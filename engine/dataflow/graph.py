@@ -6,14 +6,21 @@ from typing import Literal
 
 import msgspec
 
-from headrace.config.pipelines import JoinType, PipelineManifest, StepSpec, group_sources, validate_for_chains
+from headrace.config.pipelines import (
+    JoinType,
+    PipelineManifest,
+    StepSpec,
+    group_sources,
+    parse_external_ref,
+    validate_for_chains,
+)
 from headrace.engine.dataflow.batches import DEFAULT_WINDOW_MS, BatchSpec
 from headrace.engine.dataflow.joins import JoinSpec
 from headrace.engine.dataflow.refs import qualify_tensor_map, ref_topic
 from headrace.engine.dataflow.transforms import ChainKind, chain_kind
 from headrace.engine.topics import Topics
 
-RouteRole = Literal["step", "output", "error"]
+RouteRole = Literal["input", "step", "output", "error"]
 
 #: A join window of 0 or unset means this (Seldon's kafka.join.window.millis default).
 DEFAULT_JOIN_WINDOW_MS = 60_000
@@ -36,6 +43,7 @@ class StepRoute(msgspec.Struct, frozen=True, kw_only=True):
     join: JoinSpec | None = None  # set when the step (or output) reads several sources
     join_index: int = 0  # this source's place in the join's declared order
     batch: BatchSpec | None = None  # set when the step batches its requests
+    gate: str = ""  # the pipeline header a record must carry, when not ``pipeline`` (external inputs)
 
 
 class PipelineGraph(msgspec.Struct, frozen=True, kw_only=True):
@@ -150,6 +158,57 @@ def _step_routes(manifest: PipelineManifest, topics: Topics, step: StepSpec) -> 
     ]  # fmt: skip
 
 
+def _input_routes(manifest: PipelineManifest, topics: Topics) -> list[StepRoute]:
+    """``input.externalInputs``: records of other pipelines (their inputs or outputs, or one of their
+    steps'), gated on those pipelines' header, go to this pipeline's inputs topic under the same key —
+    so the partition, and the worker, carry over. Several sources are joined with ``input.joinType``."""
+    spec = manifest.input
+    if spec is None:
+        return []
+    sink = topics.pipeline_inputs(manifest.name)
+    # as group_sources: a topic named with tensors reads only those, else every tensor
+    groups: dict[tuple[str, str], set[str]] = {}
+    labels: dict[tuple[str, str], str] = {}
+    for text in spec.external_inputs:
+        source, ref = parse_external_ref(text)
+        slot = (source, ref_topic(ref, topics))
+        tensors = groups.setdefault(slot, set())
+        labels.setdefault(slot, text if ref.tensor is None else text.rpartition(".")[0])
+        if ref.tensor is not None:
+            tensors.add(ref.tensor)
+    tensor_map: dict[str, str] = {}
+    for key, new_name in spec.tensor_map.items():
+        _, ref = parse_external_ref(key)
+        tensor_map[f"{ref_topic(ref, topics)}.{ref.tensor}"] = new_name
+    join = None
+    if len(groups) > 1:
+        join = JoinSpec(
+            pipeline=manifest.name,
+            node="input",
+            sources=tuple(labels[slot] for slot in groups),
+            kind=spec.join_type,
+            window_s=(spec.join_window_ms or DEFAULT_JOIN_WINDOW_MS) / 1000,
+            request=True,
+            sink=sink,
+        )
+    return [
+        StepRoute(
+            step="",
+            source_topic=topic,
+            sink_topic=sink,
+            chain_kind=chain_kind(topic, sink),
+            pipeline=manifest.name,
+            tensors=frozenset(tensors) if tensors else None,
+            tensor_map={k: v for k, v in tensor_map.items() if k.startswith(f"{topic}.")},
+            role="input",
+            join=join,
+            join_index=index,
+            gate=source,
+        )
+        for index, ((source, topic), tensors) in enumerate(groups.items())
+    ]
+
+
 def compile_pipeline(manifest: PipelineManifest, topics: Topics) -> PipelineGraph:
     """The routes of a pipeline this release can run (validate_for_chains raises ConfigError otherwise).
 
@@ -160,7 +219,8 @@ def compile_pipeline(manifest: PipelineManifest, topics: Topics) -> PipelineGrap
     validate_for_chains(manifest)
     name = manifest.name
     inputs_topic, outputs_topic = topics.pipeline_inputs(name), topics.pipeline_outputs(name)
-    routes = [route for step in manifest.steps for route in _step_routes(manifest, topics, step)]
+    routes = _input_routes(manifest, topics)
+    routes += [route for step in manifest.steps for route in _step_routes(manifest, topics, step)]
     output: tuple[StepRoute, ...] = ()
     if manifest.output is not None:  # as Seldon: an output with no steps echoes the pipeline's inputs
         out = manifest.output

@@ -88,7 +88,7 @@ class DataflowRunner:
         partition = t.partition_of(key, self.partitions)
         futures: list[object] = []
         for route in routes:
-            if not t.pipeline_matches(headers, route.pipeline):  # type: ignore[arg-type]
+            if not t.pipeline_matches(headers, route.gate or route.pipeline):  # type: ignore[arg-type]
                 continue
             try:
                 out = transform(route.chain_kind, value, route.tensors, route.tensor_map, route.source_topic)

@@ -7,7 +7,13 @@ from dataclasses import dataclass
 import yaml
 
 from headrace.config.errors import ConfigError
-from headrace.config.pipelines import PipelineManifest, parse_pipelines, validate_for_chains
+from headrace.config.pipelines import (
+    PipelineManifest,
+    parse_external_ref,
+    parse_pipelines,
+    validate_for_chains,
+)
+from headrace.engine.dataflow.refs import ref_topic
 from headrace.engine.topics import Topics
 
 MODEL_OWNER = "model:"
@@ -53,10 +59,14 @@ def model_topics(name: str, topics: Topics) -> list[str]:
 
 
 def pipeline_topics(manifest: PipelineManifest, topics: Topics) -> list[str]:
-    """What the pipeline reads and writes: its own inputs/outputs, its steps' model topics, errors."""
+    """What the pipeline reads and writes: its own inputs/outputs, its steps' model topics, errors, and
+    what its externalInputs read (created if their pipeline is not loaded yet, so that this one's
+    workers can start; deleting this pipeline never deletes them)."""
     out = [topics.pipeline_inputs(manifest.name), topics.pipeline_outputs(manifest.name)]
     for step in manifest.steps:
         out += model_topics(step.name, topics)
+    for text in manifest.input.external_inputs if manifest.input is not None else ():
+        out.append(ref_topic(parse_external_ref(text)[1], topics))
     out.append(topics.errors)
     return list(dict.fromkeys(out))
 

@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
+import itertools
 import logging
 import threading
 import time
 from collections.abc import Callable, Iterable
 
-from headrace.config.errors import ErrorKind, HeadraceError, NotFoundError
+from headrace.config.errors import ConfigError, ErrorKind, HeadraceError, NotFoundError
 from headrace.config.manifests import ModelManifest, ServerManifest
-from headrace.config.pipelines import PipelineManifest
+from headrace.config.pipelines import PipelineManifest, external_sources, find_pipeline_cycle
 from headrace.engine.scheduler import status as st
 from headrace.engine.scheduler.pipeline_views import PipelineViews
 from headrace.engine.scheduler.pipelines import Pipeline, model_owner, parse_stored, pipeline_owner
@@ -294,6 +295,13 @@ class SchedulerState:
         docs = list(docs)
         with self._cond:
             self._check_open()
+            reads = {
+                name: external_sources(p.manifest) for name, p in self.pipelines.items() if not p.terminating
+            }
+            reads.update({m.name: external_sources(m) for m, _ in docs})
+            if cycle := find_pipeline_cycle(reads):
+                chain = ", ".join(f"{a} reads {b}" for a, b in itertools.pairwise(cycle))
+                raise ConfigError(f"pipelines would form a cycle through externalInputs ({chain})")
             rows: list[PipelineRow] = []
             for manifest, text in docs:
                 current = self.pipelines.get(manifest.name)

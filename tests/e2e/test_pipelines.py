@@ -186,6 +186,13 @@ def kserve(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFact
         batched = "spec:\n  steps:\n  - name: sum\n    batch: {size: 3, windowMs: 1000}\n"
         batched += "  output:\n    steps: [sum]\n"
         cli(s, "pipeline", "load", "-f", str(pipeline_manifest(root, "batched", batched)))
+        # chained: demo's answer (tensor `sum`) feeds this pipeline's `split` as `x`
+        downstream = (
+            "spec:\n  input:\n    externalInputs: [demo.outputs.sum]\n"
+            "    tensorMap: {demo.outputs.sum: x}\n"
+            "  steps:\n  - name: split\n  output:\n    steps: [split]\n"
+        )
+        cli(s, "pipeline", "load", "-f", str(pipeline_manifest(root, "downstream", downstream)))
         pipelines = (
             "demo",
             "one",
@@ -197,6 +204,7 @@ def kserve(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFact
             "outerjoin",
             "gated",
             "batched",
+            "downstream",
         )
         for name in pipelines:
             cli(s, "pipeline", "status", name, "-w", "PipelineReady", "--timeout", "60")
@@ -423,6 +431,48 @@ def test_a_batched_step_calls_the_model_once_for_several_callers_each_getting_it
     status, _, out = infer_pipeline(kserve, "batched", body([5, 6]))
     assert status == 200 and out["outputs"][0]["data"] == [11]
     assert 0.9 <= time.monotonic() - started < 10
+
+
+def test_a_chained_pipeline_gets_the_other_pipelines_answers_under_the_same_key(kserve: Serve) -> None:
+    request_id = f"chain-{uuid.uuid4().hex}"
+    payload = orjson.dumps(
+        {"id": request_id, "inputs": [{"name": "x", "shape": [1, 2], "datatype": "INT64", "data": [1, 2]}]}
+    )
+    status, _, out = infer_pipeline(kserve, "demo", payload)
+    assert status == 200 and out["outputs"][0]["data"] == [3], out
+    [msg] = read_keys(kserve.bootstrap, ["seldon.default.pipeline.downstream.outputs"], request_id, want=1)
+    resp = pb2.ModelInferResponse.FromString(msg.value())
+    assert [o.name for o in resp.outputs] == ["odd"]  # demo's `sum` (3), renamed x, through split
+    assert np.frombuffer(resp.raw_output_contents[0], dtype=np.int64).tolist() == [3]
+    assert dict(msg.headers())["pipeline"] == b"downstream"
+
+
+def test_pipelines_reading_each_other_are_refused_naming_the_cycle(kserve: Serve, tmp_path: Path) -> None:
+    env = {**os.environ, "HEADRACE_CONTROL_URL": kserve.control}
+    loop = "spec:\n  input:\n    externalInputs: [{other}]\n  steps:\n  - name: echo\n"
+    cli(
+        kserve,
+        "pipeline",
+        "load",
+        "-f",
+        str(pipeline_manifest(tmp_path, "cyc-a", loop.format(other="cyc-b"))),
+    )
+    try:
+        second = pipeline_manifest(tmp_path, "cyc-b", loop.format(other="cyc-a"))
+        proc = subprocess.run(
+            [HEADRACE, "pipeline", "load", "-f", str(second)],
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=60,
+        )
+        assert proc.returncode == 1, proc.stdout
+        assert (
+            "cycle through externalInputs (cyc-a reads cyc-b, cyc-b reads cyc-a)" in proc.stdout + proc.stderr
+        )
+        assert "cyc-b" not in cli(kserve, "pipeline", "list")  # nothing half-loaded
+    finally:
+        cli(kserve, "pipeline", "unload", "cyc-a")
 
 
 def read_keys(bootstrap: str, topics: list[str], needle: str, want: int, settle_s: float = 1.5) -> list[Any]:

@@ -388,3 +388,24 @@ def test_a_batched_step_carries_its_batch_on_its_route() -> None:
     )
     [to_b] = g.routes[f"{M}a.outputs"]
     assert to_b.batch is None
+
+
+def test_external_inputs_route_other_pipelines_records_to_this_ones_inputs_gated_on_their_header() -> None:
+    g = compiled(
+        "  input:\n    externalInputs: [up.outputs.y, up.step.s.outputs]\n    joinType: any\n"
+        "    tensorMap: {up.outputs.y: x}\n  steps:\n  - name: a\n"
+    )
+    [from_up] = g.routes[f"{P}up.outputs"]
+    [from_s] = g.routes[f"{M}s.outputs"]
+    for route in (from_up, from_s):
+        assert (route.role, route.gate, route.pipeline, route.sink_topic) == (
+            "input",
+            "up",
+            "p",
+            f"{P}p.inputs",
+        )
+    assert from_up.tensors == frozenset({"y"}) and from_up.tensor_map == {f"{P}up.outputs.y": "x"}
+    assert from_up.chain_kind is ChainKind.RESPONSE_TO_REQUEST
+    join = from_up.join
+    assert join is not None and join is from_s.join and join.kind == "any"
+    assert join.sources == ("up.outputs", "up.step.s.outputs")

@@ -13,7 +13,9 @@ from headrace.config.pipelines import (
     PipelineManifest,
     Ref,
     StepSpec,
+    find_pipeline_cycle,
     group_sources,
+    parse_external_ref,
     parse_pipelines,
     parse_ref,
     parse_tensor_key,
@@ -499,7 +501,18 @@ def test_document_errors(text: str, message: str) -> None:
             doc("  steps:\n  - name: a\n  - name: b\n    inputs: [a, p.inputs]\n    batch: {size: 2}\n"),
             r"Pipeline p: spec\.steps\[1\]\.batch: batching a step that joins inputs",
         ),
-        (TFSIMPLE_EXTENDED, r"Pipeline tfsimple-extended: spec\.input .*is not supported yet"),
+        (
+            TFSIMPLE_EXTENDED.replace("    tensorMap:", "    externalTriggers: [other]\n    tensorMap:"),
+            r"Pipeline tfsimple-extended: spec\.input\.externalTriggers is not supported yet",
+        ),
+        (
+            TFSIMPLE_EXTENDED.replace("- tfsimple.outputs\n", "- tfsimple.stage.x\n"),
+            r"spec\.input\.externalInputs\[0\] 'tfsimple\.stage\.x' has 'stage' where inputs, outputs",
+        ),
+        (
+            TFSIMPLE_EXTENDED.replace("- tfsimple.outputs\n", "- tfsimple-extended.outputs\n"),
+            r"spec\.input\.externalInputs\[0\] 'tfsimple-extended\.outputs' reads the pipeline itself",
+        ),
     ],
 )
 def test_not_supported_yet(text: str, message: str) -> None:
@@ -529,7 +542,9 @@ def test_conditional_chain_accepted() -> None:
     validate_for_chains(m)
 
 
-@pytest.mark.parametrize("text", [TFSIMPLES_JOIN, TFSIMPLES_INPUT, CONDITIONAL, CHOICE, IRIS_BATCH])
+@pytest.mark.parametrize(
+    "text", [TFSIMPLES_JOIN, TFSIMPLES_INPUT, CONDITIONAL, CHOICE, IRIS_BATCH, TFSIMPLE_EXTENDED]
+)
 def test_joins_and_triggers_accepted(text: str) -> None:
     [m] = parse_pipelines(text)
     validate_for_chains(m)
@@ -585,3 +600,24 @@ def test_group_sources_as_seldon() -> None:
     }
     assert list(groups) == [Ref("a", "outputs"), Ref("p", "inputs", None, True), Ref("b", "inputs")]
     assert group_sources([], "p") == {}
+
+
+@pytest.mark.parametrize(
+    ("text", "source", "ref"),
+    [
+        ("a", "a", Ref("a", "outputs", None, True)),
+        ("a.inputs", "a", Ref("a", "inputs", None, True)),
+        ("a.outputs.t", "a", Ref("a", "outputs", "t", True)),
+        ("a.step.s", "a", Ref("s", "outputs", None, False)),
+        ("a.step.s.inputs", "a", Ref("s", "inputs", None, False)),
+        ("a.step.s.outputs.t", "a", Ref("s", "outputs", "t", False)),
+    ],
+)
+def test_external_references(text: str, source: str, ref: Ref) -> None:
+    assert parse_external_ref(text) == (source, ref)
+
+
+def test_pipeline_cycles_through_external_inputs_are_found() -> None:
+    assert find_pipeline_cycle({"a": {"b"}, "b": {"c"}, "c": set()}) is None
+    assert find_pipeline_cycle({"a": {"b"}, "b": {"a"}}) == ["a", "b", "a"]
+    assert find_pipeline_cycle({"a": {"gone"}}) is None  # a pipeline not loaded is no cycle
