@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import sys
@@ -553,3 +554,49 @@ def server_status(name: str, control: str, output: str) -> None:
 if __name__ == "__main__":  # python -m headrace.control_cli model ...
     cli = click.Group(commands={"model": model, "pipeline": pipeline, "server": server})
     sys.exit(cli.main())
+
+
+@pipeline.command("inspect")
+@click.argument("expr")
+@click.option(
+    "--offset", type=int, default=1, show_default=True, help="How many of the last records to show."
+)
+@click.option("--request-id", help="Only the records of this request.")
+@click.option("--format", "fmt", type=click.Choice(["json", "raw"]), default="json", show_default=True)
+@click.option("-v", "--verbose", is_flag=True, help="Show the records' headers.")
+@click.option("-t", "--truncate", is_flag=True, help="Show at most a few elements of each tensor.")
+@click.option(
+    "--config", "config_file", type=click.Path(dir_okay=False), help="TOML settings (Kafka, topics)"
+)
+@control_option
+def pipeline_inspect(
+    expr: str,
+    offset: int,
+    request_id: str | None,
+    fmt: str,
+    verbose: bool,
+    truncate: bool,
+    config_file: str | None,
+    control: str,
+) -> None:
+    """The last records on a pipeline's topics: EXPR is p, p.inputs, p.outputs, p.STEP, p.STEP.inputs,
+    p.STEP.outputs or p.STEP.outputs.TENSOR. Kafka and topic names come from the settings (flags'
+    HEADRACE_* variables, KAFKA_BOOTSTRAP_SERVERS, --config)."""
+    from headrace.config.settings import load_settings
+    from headrace.engine import topics as t
+    from headrace.pipeline_inspect import read_last, render, resolve
+
+    if offset < 1:
+        raise click.UsageError("--offset must be at least 1")
+    settings = _call(lambda: load_settings(config_file))
+    name = expr.split(".", 1)[0]
+    status = _call(lambda: ControlClient(control).pipeline_status(name))
+    targets = _call(
+        lambda: resolve(expr, list(status.steps), t.Topics(settings.topic_prefix, settings.namespace))
+    )
+    for target in targets:
+        records = _call(functools.partial(read_last, settings, target, offset, request_id))
+        if not records:
+            click.echo(f"{target.topic}: no records" + (f" of request {request_id}" if request_id else ""))
+        for msg in records:
+            click.echo(render(msg, target, fmt=fmt, verbose=verbose, truncate=truncate))

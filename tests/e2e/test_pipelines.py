@@ -475,6 +475,42 @@ def test_pipelines_reading_each_other_are_refused_naming_the_cycle(kserve: Serve
         cli(kserve, "pipeline", "unload", "cyc-a")
 
 
+def test_inspect_shows_a_requests_records_on_every_topic_of_the_pipeline(kserve: Serve) -> None:
+    request_id = f"inspect-{uuid.uuid4().hex}"
+    payload = orjson.dumps(
+        {"id": request_id, "inputs": [{"name": "x", "shape": [1, 2], "datatype": "INT64", "data": [4, 5]}]}
+    )
+    status, _, out = infer_pipeline(kserve, "three", payload)
+    assert status == 200, out
+    env = {**os.environ, "HEADRACE_CONTROL_URL": kserve.control, "KAFKA_BOOTSTRAP_SERVERS": kserve.bootstrap}
+
+    def inspect(*args: str) -> subprocess.CompletedProcess[str]:
+        cmd = [HEADRACE, "pipeline", "inspect", *args]
+        return subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=60)
+
+    proc = inspect("three.split.outputs", "--request-id", request_id)
+    assert proc.returncode == 0, proc.stderr
+    head, body_line = proc.stdout.strip().splitlines()
+    assert head.startswith("seldon.default.model.split.outputs [") and request_id in head
+    assert orjson.loads(body_line)["outputs"] == [
+        {"name": "even", "datatype": "INT64", "shape": [1, 2], "data": [4, 5]}
+    ]
+    proc = inspect("three", "--request-id", request_id, "-v")
+    assert proc.returncode == 0, proc.stderr
+    for topic in (
+        "pipeline.three.inputs",
+        "model.echo.inputs",
+        "model.sum.outputs",
+        "pipeline.three.outputs",
+    ):
+        assert f"seldon.default.{topic} [" in proc.stdout
+    assert f'"x-request-id":"{request_id}"' in proc.stdout and '"pipeline":"three"' in proc.stdout
+    proc = inspect("three.sum.outputs.sum", "--request-id", request_id, "--format", "raw")
+    assert proc.returncode == 0 and "raw_output_contents" in proc.stdout
+    proc = inspect("three.nosuchstep")
+    assert proc.returncode == 1 and "pipeline three has no step 'nosuchstep'" in proc.stderr
+
+
 def read_keys(bootstrap: str, topics: list[str], needle: str, want: int, settle_s: float = 1.5) -> list[Any]:
     """Every record, from the start of ``topics``, whose key contains ``needle``: polls until ``want``
     have come, then ``settle_s`` more to catch any duplicate."""
