@@ -31,7 +31,7 @@ from rich.table import Table
 from loadtests.bench import ASSETS_DIR, CACHE_DIR, REPO_DIR, RESULTS_DIR
 from loadtests.bench.__main__ import machine_line
 from loadtests.bench.loadgen import LoadError, Measurement, run_wrk
-from loadtests.bench.payloads import JSON_HEADERS, SMALL_BODY, RestBody, rest_body
+from loadtests.bench.payloads import INPUT_NAME, JSON_HEADERS, SMALL_BODY, RestBody, rest_body
 from loadtests.bench.peers import TritonPeer, triton_command
 from loadtests.bench.procs import (
     Server,
@@ -202,6 +202,26 @@ class Bench:
                 "spec": {"steps": steps, "output": {"steps": [names[n - 1]]}},
             }
             (pipes / f"chain{n}.yaml").write_text(yaml.safe_dump(doc, sort_keys=False))
+        # a diamond: echo -> (echo2, echo3) -> echo4, an inner join (critical path 3 steps, like chain3)
+        diamond = {
+            "apiVersion": "mlops.seldon.io/v1alpha1",
+            "kind": "Pipeline",
+            "metadata": {"name": "diamond"},
+            "spec": {
+                "steps": [
+                    {"name": "echo"},
+                    {"name": "echo2", "inputs": ["echo"]},
+                    {"name": "echo3", "inputs": ["echo"]},
+                    {
+                        "name": "echo4",
+                        "inputs": ["echo2", "echo3"],
+                        "tensorMap": {f"echo2.outputs.{INPUT_NAME}": "a", f"echo3.outputs.{INPUT_NAME}": "b"},
+                    },
+                ],
+                "output": {"steps": ["echo4"]},
+            },
+        }
+        (pipes / "diamond.yaml").write_text(yaml.safe_dump(diamond, sort_keys=False))
         http, grpc, control, kafka, kctl = free_ports(5)
         cmd = [
             str(HEADRACE),
@@ -232,13 +252,13 @@ class Bench:
                 wait_ready(server, f"{base}/v2/models/{name}/ready", 180.0)
             env = dict(os.environ, HEADRACE_CONTROL_URL=f"http://127.0.0.1:{control}")
             run_quiet([str(HEADRACE), "pipeline", "load", "-f", str(pipes)], timeout=120, env=env)
-            for n in range(1, 6):
+            for pipe in [f"chain{n}" for n in range(1, 6)] + ["diamond"]:
                 run_quiet(
                     [
                         str(HEADRACE),
                         "pipeline",
                         "status",
-                        f"chain{n}",
+                        pipe,
                         "-w",
                         "PipelineReady",
                         "--timeout",
@@ -248,6 +268,7 @@ class Bench:
                     env=env,
                 )
             self._chain_cells(system, server, base, 5, pipeline_header=True)
+            self._diamond_cells(system, server, base)
             self._large_cells(system, server, base)
         except SetupError as exc:
             console.print(f"[yellow]  {system}: did not start: {exc}[/yellow]")
@@ -295,6 +316,15 @@ class Bench:
             "every chain and every repeat"
         )
         self.measure_half(system, server, target, max_steps, half_c)
+
+    def _diamond_cells(self, system: str, server: Server, base: str) -> None:
+        """The join's cost: the diamond (3 steps on its critical path, 4 models) beside chain3, at c=1 and
+        with 50 concurrent callers."""
+        url, hdr = f"{base}/v2/models/diamond/infer", {"Seldon-Model": "diamond.pipeline"}
+        self.measure(self.res.row(system, "diamond", 3, "light", 1), url, hdr, server)
+        self.measure(self.res.row(system, "diamond", 3, "many", 50), url, hdr, server)
+        url3, hdr3 = f"{base}/v2/models/chain3/infer", {"Seldon-Model": "chain3.pipeline"}
+        self.measure(self.res.row(system, "chain3", 3, "many", 50), url3, hdr3, server)
 
     def _large_cells(self, system: str, server: Server, base: str) -> None:
         """A 4 MiB FP32 tensor (REST binary extension) at c=1: the echo model direct (through shm to its
@@ -427,7 +457,7 @@ def fmt(x: float | None, spec: str = ".2f") -> str:
 def table_rows(res: Results) -> list[list[str]]:
     out = []
     for system in SYSTEMS:
-        for load in ("light", "half", "peak", "4MiB"):
+        for load in ("light", "half", "peak", "many", "4MiB"):
             for row in sorted(
                 (r for r in res.rows.values() if r.system == system and r.load == load),
                 key=lambda r: (r.conns, r.steps),
