@@ -410,14 +410,13 @@ def group_sources(refs: list[str], pipeline: str) -> dict[Ref, frozenset[str] | 
 
 
 def validate_for_chains(m: PipelineManifest) -> None:
-    """Reject what this release cannot run: external triggers, cycles, batching joined or rolling steps;
-    check the external references' syntax."""
+    """Reject what this release cannot run: cycles, batching joined or rolling steps; check the external
+    references' syntax."""
     where = f"Pipeline {m.name}"
     if m.input is not None:
-        if m.input.external_triggers:
-            raise ConfigError(f"{where}: spec.input.externalTriggers is not supported yet")
-        for j, text in enumerate(m.input.external_inputs):
-            field = f"spec.input.externalInputs[{j}]"
+        named = [("externalInputs", m.input.external_inputs), ("externalTriggers", m.input.external_triggers)]
+        refs = [(f"spec.input.{kind}[{i}]", text) for kind, texts in named for i, text in enumerate(texts)]
+        for field, text in refs:
             try:
                 source, _ = parse_external_ref(text)
             except ValueError as exc:
@@ -449,7 +448,7 @@ def external_sources(m: PipelineManifest) -> set[str]:
     """The pipelines this one reads through ``input.externalInputs``."""
     if m.input is None:
         return set()
-    return {parse_external_ref(text)[0] for text in m.input.external_inputs}
+    return {parse_external_ref(text)[0] for text in [*m.input.external_inputs, *m.input.external_triggers]}
 
 
 def find_pipeline_cycle(reads: Mapping[str, set[str]]) -> list[str] | None:

@@ -161,35 +161,76 @@ def _step_routes(manifest: PipelineManifest, topics: Topics, step: StepSpec) -> 
 def _input_routes(manifest: PipelineManifest, topics: Topics) -> list[StepRoute]:
     """``input.externalInputs``: records of other pipelines (their inputs or outputs, or one of their
     steps'), gated on those pipelines' header, go to this pipeline's inputs topic under the same key —
-    so the partition, and the worker, carry over. Several sources are joined with ``input.joinType``."""
+    so the partition, and the worker, carry over. Several sources are joined with ``input.joinType``;
+    ``input.externalTriggers`` gate them as a step's triggers gate its inputs."""
     spec = manifest.input
     if spec is None:
         return []
     sink = topics.pipeline_inputs(manifest.name)
+    window_s = (spec.join_window_ms or DEFAULT_JOIN_WINDOW_MS) / 1000
+    tensor_map: dict[str, str] = {}
+    for key, new_name in spec.tensor_map.items():
+        _, ref = parse_external_ref(key)
+        tensor_map[f"{ref_topic(ref, topics)}.{ref.tensor}"] = new_name
+    gate = None
+    if spec.external_triggers:
+        gate = JoinSpec(
+            pipeline=manifest.name,
+            node="input",
+            sources=("inputs", f"triggers ({', '.join(spec.external_triggers)})"),
+            kind="inner",
+            window_s=window_s,
+            request=True,
+            sink=sink,
+            part="gate",
+            keep_first=True,
+        )
+    routes = _external_routes(
+        manifest, topics, spec.external_inputs, sink, tensor_map, spec.join_type, window_s, "", gate, 0
+    )
+    if spec.external_triggers:
+        routes += _external_routes(
+            manifest, topics, spec.external_triggers, sink, {}, spec.triggers_join_type, window_s,
+            "triggers", gate, 1,
+        )  # fmt: skip
+    return routes
+
+
+def _external_routes(
+    manifest: PipelineManifest,
+    topics: Topics,
+    refs: list[str],
+    sink: str,
+    tensor_map: dict[str, str],
+    kind: JoinType,
+    window_s: float,
+    part: str,
+    then: JoinSpec | None,
+    then_index: int,
+) -> list[StepRoute]:
     # as group_sources: a topic named with tensors reads only those, else every tensor
     groups: dict[tuple[str, str], set[str]] = {}
     labels: dict[tuple[str, str], str] = {}
-    for text in spec.external_inputs:
+    for text in refs:
         source, ref = parse_external_ref(text)
         slot = (source, ref_topic(ref, topics))
         tensors = groups.setdefault(slot, set())
         labels.setdefault(slot, text if ref.tensor is None else text.rpartition(".")[0])
         if ref.tensor is not None:
             tensors.add(ref.tensor)
-    tensor_map: dict[str, str] = {}
-    for key, new_name in spec.tensor_map.items():
-        _, ref = parse_external_ref(key)
-        tensor_map[f"{ref_topic(ref, topics)}.{ref.tensor}"] = new_name
-    join = None
+    join, first_index = then, then_index
     if len(groups) > 1:
         join = JoinSpec(
             pipeline=manifest.name,
             node="input",
             sources=tuple(labels[slot] for slot in groups),
-            kind=spec.join_type,
-            window_s=(spec.join_window_ms or DEFAULT_JOIN_WINDOW_MS) / 1000,
+            kind=kind,
+            window_s=window_s,
             request=True,
             sink=sink,
+            part=part,
+            then=then,
+            then_index=then_index,
         )
     return [
         StepRoute(
@@ -202,7 +243,7 @@ def _input_routes(manifest: PipelineManifest, topics: Topics) -> list[StepRoute]
             tensor_map={k: v for k, v in tensor_map.items() if k.startswith(f"{topic}.")},
             role="input",
             join=join,
-            join_index=index,
+            join_index=index if len(groups) > 1 else first_index,
             gate=source,
         )
         for index, ((source, topic), tensors) in enumerate(groups.items())

@@ -65,7 +65,8 @@ def pipeline_topics(manifest: PipelineManifest, topics: Topics) -> list[str]:
     out = [topics.pipeline_inputs(manifest.name), topics.pipeline_outputs(manifest.name)]
     for step in manifest.steps:
         out += model_topics(step.name, topics)
-    for text in manifest.input.external_inputs if manifest.input is not None else ():
+    external = [*manifest.input.external_inputs, *manifest.input.external_triggers] if manifest.input else []
+    for text in external:
         out.append(ref_topic(parse_external_ref(text)[1], topics))
     out.append(topics.errors)
     return list(dict.fromkeys(out))

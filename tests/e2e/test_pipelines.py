@@ -193,6 +193,13 @@ def kserve(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFact
             "  steps:\n  - name: split\n  output:\n    steps: [split]\n"
         )
         cli(s, "pipeline", "load", "-f", str(pipeline_manifest(root, "downstream", downstream)))
+        # three's inputs go on to this pipeline only when three's split step answered `even`
+        evens = (
+            "spec:\n  input:\n    externalInputs: [three.inputs]\n"
+            "    externalTriggers: [three.step.split.outputs.even]\n"
+            "  steps:\n  - name: echo\n  output:\n    steps: [echo]\n"
+        )
+        cli(s, "pipeline", "load", "-f", str(pipeline_manifest(root, "evens", evens)))
         pipelines = (
             "demo",
             "one",
@@ -205,6 +212,7 @@ def kserve(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFact
             "gated",
             "batched",
             "downstream",
+            "evens",
         )
         for name in pipelines:
             cli(s, "pipeline", "status", name, "-w", "PipelineReady", "--timeout", "60")
@@ -447,6 +455,22 @@ def test_a_chained_pipeline_gets_the_other_pipelines_answers_under_the_same_key(
     assert dict(msg.headers())["pipeline"] == b"downstream"
 
 
+def test_an_external_trigger_passes_the_other_pipelines_inputs_on_when_it_fires(
+    kserve: Serve,
+) -> None:
+    fired = f"evens-{uuid.uuid4().hex}"
+    payload = orjson.dumps(
+        {"id": fired, "inputs": [{"name": "x", "shape": [1, 2], "datatype": "INT64", "data": [4, 5]}]}
+    )
+    status, _, out = infer_pipeline(kserve, "three", payload)  # split answers `even`: the trigger fires
+    assert status == 200, out
+    [msg] = read_keys(kserve.bootstrap, ["seldon.default.pipeline.evens.outputs"], fired, want=1)
+    resp = pb2.ModelInferResponse.FromString(msg.value())
+    assert [o.name for o in resp.outputs] == ["x"]  # three's inputs, not the trigger's tensor
+    assert np.frombuffer(resp.raw_output_contents[0], dtype=np.int64).tolist() == [4, 5]
+    assert "seldon-pipeline-errors" not in dict(msg.headers())
+
+
 def test_pipelines_reading_each_other_are_refused_naming_the_cycle(kserve: Serve, tmp_path: Path) -> None:
     env = {**os.environ, "HEADRACE_CONTROL_URL": kserve.control}
     loop = "spec:\n  input:\n    externalInputs: [{other}]\n  steps:\n  - name: echo\n"
@@ -547,6 +571,8 @@ def test_every_hop_is_written_to_its_topic_exactly_once(kserve: Serve) -> None:
     topics = [f"{ns}.pipeline.three.inputs", f"{ns}.pipeline.three.outputs"]
     topics += [f"{ns}.model.{m}.{d}" for m in ("echo", "split", "sum") for d in ("inputs", "outputs")]
     records = read_keys(kserve.bootstrap, topics, request_id, want=len(topics))
+    # `evens` reads three's inputs and has an `echo` step too: its records share the key, not the header
+    records = [m for m in records if dict(m.headers())["pipeline"] == b"three"]
     assert sorted(m.topic() for m in records) == sorted(topics)
     partitions = {m.partition() for m in records}
     assert len(partitions) == 1  # the request stayed on one partition end to end

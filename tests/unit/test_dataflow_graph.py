@@ -409,3 +409,17 @@ def test_external_inputs_route_other_pipelines_records_to_this_ones_inputs_gated
     join = from_up.join
     assert join is not None and join is from_s.join and join.kind == "any"
     assert join.sources == ("up.outputs", "up.step.s.outputs")
+
+
+def test_external_triggers_gate_the_external_inputs() -> None:
+    g = compiled(
+        "  input:\n    externalInputs: [up]\n    externalTriggers: [up.step.flag.outputs.go]\n"
+        "  steps:\n  - name: a\n"
+    )
+    [data] = g.routes[f"{P}up.outputs"]
+    [trigger] = g.routes[f"{M}flag.outputs"]
+    gate = data.join
+    assert gate is not None and gate is trigger.join
+    assert (data.join_index, trigger.join_index) == (0, 1)
+    assert (gate.part, gate.kind, gate.keep_first, gate.sink) == ("gate", "inner", True, f"{P}p.inputs")
+    assert trigger.gate == "up" and trigger.tensors == frozenset({"go"})

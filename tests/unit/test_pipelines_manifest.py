@@ -502,8 +502,12 @@ def test_document_errors(text: str, message: str) -> None:
             r"Pipeline p: spec\.steps\[1\]\.batch: batching a step that joins inputs",
         ),
         (
-            TFSIMPLE_EXTENDED.replace("    tensorMap:", "    externalTriggers: [other]\n    tensorMap:"),
-            r"Pipeline tfsimple-extended: spec\.input\.externalTriggers is not supported yet",
+            doc("  steps:\n  - name: a\n  allowCycles: true\n"),
+            r"Pipeline p: spec\.allowCycles \(cyclic pipelines\) is not supported yet",
+        ),
+        (
+            TFSIMPLE_EXTENDED.replace("    tensorMap:", "    externalTriggers: [other.nope]\n    tensorMap:"),
+            r"spec\.input\.externalTriggers\[0\] 'other\.nope' has 'nope'",
         ),
         (
             TFSIMPLE_EXTENDED.replace("- tfsimple.outputs\n", "- tfsimple.stage.x\n"),
