@@ -410,7 +410,7 @@ def group_sources(refs: list[str], pipeline: str) -> dict[Ref, frozenset[str] | 
 
 
 def validate_for_chains(m: PipelineManifest) -> None:
-    """Reject what this release cannot run: cycles, batching joined or rolling steps; check the external
+    """Reject what this release cannot run: batching joined, rolling or cyclic steps; check the external
     references' syntax."""
     where = f"Pipeline {m.name}"
     if m.input is not None:
@@ -430,11 +430,13 @@ def validate_for_chains(m: PipelineManifest) -> None:
                 raise ConfigError(f"{where}: spec.input.tensorMap key {key!r} {exc}") from None
             if ref.tensor is None:
                 raise ConfigError(f"{where}: spec.input.tensorMap key {key!r} names no tensor")
-    if m.allow_cycles:
-        raise ConfigError(f"{where}: spec.allowCycles (cyclic pipelines) is not supported yet")
     for i, step in enumerate(m.steps):
         if step.batch is not None and step.batch.size:
             field = f"spec.steps[{i}].batch"
+            if m.allow_cycles:
+                raise ConfigError(
+                    f"{where}: {field}: batching in a pipeline with allowCycles is not supported"
+                )
             if step.batch.rolling:
                 raise ConfigError(f"{where}: {field}.rolling is not supported yet")
             if step.triggers or len(group_sources(step.inputs or [m.name], m.name)) > 1:

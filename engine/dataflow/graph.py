@@ -18,6 +18,7 @@ from headrace.engine.dataflow.batches import DEFAULT_WINDOW_MS, BatchSpec
 from headrace.engine.dataflow.joins import JoinSpec
 from headrace.engine.dataflow.refs import qualify_tensor_map, ref_topic
 from headrace.engine.dataflow.transforms import ChainKind, chain_kind
+from headrace.engine.dataflow.visits import DEFAULT_MAX_VISITS
 from headrace.engine.topics import Topics
 
 RouteRole = Literal["input", "step", "output", "error"]
@@ -44,6 +45,7 @@ class StepRoute(msgspec.Struct, frozen=True, kw_only=True):
     join_index: int = 0  # this source's place in the join's declared order
     batch: BatchSpec | None = None  # set when the step batches its requests
     gate: str = ""  # the pipeline header a record must carry, when not ``pipeline`` (external inputs)
+    max_visits: int = 0  # allowCycles: the step's cap on a request's entries (0: no cycles, not counted)
 
 
 class PipelineGraph(msgspec.Struct, frozen=True, kw_only=True):
@@ -74,9 +76,11 @@ def _routes(
     part: str = "",
     then: JoinSpec | None = None,
     then_index: int = 0,
+    max_visits: int = 0,
 ) -> list[StepRoute]:
     """One route per source topic; several sources make a join, keyed by the record key. With
-    ``then``, what they make (one source's record, or their join) goes on to that join."""
+    ``then``, what they make (one source's record, or their join) goes on to that join. In a cyclic
+    pipeline (``max_visits``) a step's routes count the request's entries into the step."""
     sources = group_sources(refs, manifest.name)
     qualified = qualify_tensor_map(tensor_map, manifest.name, topics)
     join, first_index = then, then_index
@@ -92,6 +96,7 @@ def _routes(
             part=part,
             then=then,
             then_index=then_index,
+            max_visits=max_visits,
         )
         first_index = 0
     out = []
@@ -110,9 +115,17 @@ def _routes(
                 role=role,
                 join=join,
                 join_index=index if len(sources) > 1 else first_index,
+                max_visits=max_visits if role == "step" else 0,
             )
         )
     return out
+
+
+def visit_cap(manifest: PipelineManifest) -> int:
+    """The cap on a request's entries into each step: 0 (not counted) unless the pipeline allows cycles."""
+    if not manifest.allow_cycles:
+        return 0
+    return manifest.max_step_revisits or DEFAULT_MAX_VISITS
 
 
 def _step_routes(manifest: PipelineManifest, topics: Topics, step: StepSpec) -> list[StepRoute]:
@@ -120,10 +133,11 @@ def _step_routes(manifest: PipelineManifest, topics: Topics, step: StepSpec) -> 
     joined with ``triggersJoinType``, then inner-joined with the step's inputs; only the inputs go on."""
     sink = topics.model_inputs(step.name)
     inputs = step.inputs or [manifest.name]
+    cap = visit_cap(manifest)
     if not step.triggers:
         routes = _routes(
             manifest, topics, inputs, sink, step.tensor_map, step.name, "step",
-            step.inputs_join_type, step.join_window_ms,
+            step.inputs_join_type, step.join_window_ms, max_visits=cap,
         )  # fmt: skip
         if step.batch is not None and step.batch.size:
             batch = BatchSpec(
@@ -145,15 +159,17 @@ def _step_routes(manifest: PipelineManifest, topics: Topics, step: StepSpec) -> 
         sink=sink,
         part="gate",
         keep_first=True,
+        max_visits=cap,
     )
     return [
         *_routes(
             manifest, topics, inputs, sink, step.tensor_map, step.name, "step",
-            step.inputs_join_type, step.join_window_ms, then=gate, then_index=0,
+            step.inputs_join_type, step.join_window_ms, then=gate, then_index=0, max_visits=cap,
         ),
         *_routes(
             manifest, topics, step.triggers, sink, {}, step.name, "step",
             step.triggers_join_type, step.join_window_ms, part="triggers", then=gate, then_index=1,
+            max_visits=cap,
         ),
     ]  # fmt: skip
 
@@ -276,6 +292,7 @@ def compile_pipeline(manifest: PipelineManifest, topics: Topics) -> PipelineGrap
                 "output",
                 out.steps_join,
                 out.join_window_ms,
+                max_visits=visit_cap(manifest),
             )
         )
         routes.extend(output)

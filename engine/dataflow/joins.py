@@ -19,8 +19,8 @@ from headrace.gateway.oip.types import InferRequest, InferResponse
 log = logging.getLogger("headrace.joins")
 
 Headers = list[tuple[str, Any]]
-#: (spec, key, headers, value) -> the future of writing the joined record
-Emit = Callable[["JoinSpec", bytes, Headers, bytes], "asyncio.Future[None]"]
+#: (spec, key, headers, value, round) -> the future of writing the joined record
+Emit = Callable[["JoinSpec", bytes, Headers, bytes, int], "asyncio.Future[None]"]
 #: (spec, key, headers, message) -> the future of writing the error
 Fail = Callable[["JoinSpec", bytes, Headers, str], "asyncio.Future[None]"]
 
@@ -40,6 +40,11 @@ class JoinSpec:
     keep_first: bool = False  # emit only the first source (a trigger gate drops the trigger payload)
     then: JoinSpec | None = None  # the joined record goes on to this join instead of ``sink``
     then_index: int = 0  # as that join's source number
+    max_visits: int = 0  # in a cyclic pipeline: the step's cap on visits (0: the pipeline has no cycles)
+
+
+#: (pipeline, node, part, key, round)
+Slot = tuple[str, str, str, bytes, int]
 
 
 @dataclass(slots=True)
@@ -58,16 +63,17 @@ class Joiner:
         self.loop = loop
         self.emit = emit
         self.fail = fail
-        self.open: dict[tuple[str, str, str, bytes], _Open] = {}
+        self.open: dict[Slot, _Open] = {}
 
     def offer(
-        self, spec: JoinSpec, index: int, key: bytes, headers: Headers, value: bytes
+        self, spec: JoinSpec, index: int, key: bytes, headers: Headers, value: bytes, rnd: int = 0
     ) -> asyncio.Future[None]:
-        """One source's record for ``key``. The future completes when the join it took part in is
-        settled and written (or dropped), so the source record is committed only then: a worker that
-        dies meanwhile rebuilds the join from the topics."""
+        """One source's record for ``key`` in round ``rnd`` (a cyclic pipeline's visit number: each
+        round joins apart). The future completes when the join it took part in is settled and written
+        (or dropped), so the source record is committed only then: a worker that dies meanwhile
+        rebuilds the join from the topics."""
         settled: asyncio.Future[None] = self.loop.create_future()
-        slot = (spec.pipeline, spec.node, spec.part, key)
+        slot = (spec.pipeline, spec.node, spec.part, key, rnd)
         state = self.open.get(slot)
         if state is None:
             state = self.open[slot] = _Open([None] * len(spec.sources), headers)
@@ -77,7 +83,7 @@ class Joiner:
                 settled.set_result(None)  # a later arrival for the same key: dropped, never duplicated
                 return settled
             state.emitted = True
-            _chain(self.emit(spec, key, headers, value), settled)
+            _chain(self.emit(spec, key, headers, value, rnd), settled)
             return settled  # the tombstone stays until the window closes
         if state.parts[index] is not None:
             settled.set_result(None)  # the same source twice for one key: the first one counts
@@ -88,16 +94,16 @@ class Joiner:
         state.waiters.append(settled)
         if all(p is not None for p in state.parts):
             self._close(slot, state)
-            self._settle(state, self._emit_joined(spec, key, state))
+            self._settle(state, self._emit_joined(spec, slot, state))
         return settled
 
-    def _expire(self, spec: JoinSpec, slot: tuple[str, str, str, bytes]) -> None:
+    def _expire(self, spec: JoinSpec, slot: Slot) -> None:
         state = self.open.pop(slot, None)
         if state is None or spec.kind == "any":
             return
         key = slot[3]
         if spec.kind == "outer" and any(p is not None for p in state.parts):
-            self._settle(state, self._emit_joined(spec, key, state))
+            self._settle(state, self._emit_joined(spec, slot, state))
             return
         missing = [s for s, p in zip(spec.sources, state.parts, strict=True) if p is None]
         where = "output" if spec.node == "output" else f"step {spec.node}"
@@ -106,17 +112,22 @@ class Joiner:
             f"pipeline {spec.pipeline}: {where}: the {spec.kind} {what} got no {', '.join(missing)} "
             f"within its window of {spec.window_s * 1000:g} ms"
         )
+        if spec.max_visits:  # a cyclic pipeline: a later round may still answer (a loop's exit gate)
+            log.debug("%s (key %s, round %d): dropped", message, key.decode("utf-8", "replace"), slot[4])
+            self._settle(state, _done(self.loop))
+            return
         self._settle(state, self.fail(spec, key, state.headers, message))
 
-    def _emit_joined(self, spec: JoinSpec, key: bytes, state: _Open) -> asyncio.Future[None]:
+    def _emit_joined(self, spec: JoinSpec, slot: Slot, state: _Open) -> asyncio.Future[None]:
+        key = slot[3]
         parts = state.parts[:1] if spec.keep_first else state.parts
         try:
             value = merge([p for p in parts if p is not None], spec.request)
         except Exception as exc:  # a part the codec refuses (e.g. mismatched contents)
             return self.fail(spec, key, state.headers, f"pipeline {spec.pipeline}: join failed: {exc}")
-        return self.emit(spec, key, state.headers, value)
+        return self.emit(spec, key, state.headers, value, slot[4])
 
-    def _close(self, slot: tuple[str, str, str, bytes], state: _Open) -> None:
+    def _close(self, slot: Slot, state: _Open) -> None:
         self.open.pop(slot, None)
         if state.timer is not None:
             state.timer.cancel()
@@ -132,6 +143,12 @@ class Joiner:
             if state.timer is not None:
                 state.timer.cancel()
         self.open.clear()
+
+
+def _done(loop: asyncio.AbstractEventLoop) -> asyncio.Future[None]:
+    fut: asyncio.Future[None] = loop.create_future()
+    fut.set_result(None)
+    return fut
 
 
 def _chain(source: asyncio.Future[None], target: asyncio.Future[None]) -> None:

@@ -18,6 +18,7 @@ from headrace.engine.dataflow.batches import BATCH_HEADER, Batcher, BatchSpec, b
 from headrace.engine.dataflow.graph import PipelineGraph, StepRoute
 from headrace.engine.dataflow.joins import Joiner, JoinSpec
 from headrace.engine.dataflow.transforms import adjust_headers, transform
+from headrace.engine.dataflow.visits import enter, visits
 
 log = logging.getLogger("headrace.dataflow")
 
@@ -99,10 +100,17 @@ class DataflowRunner:
                 continue  # nothing left after tensor selection: conditional routing drops it
             version = self.graphs.get(route.pipeline, (None, "1"))[1]
             out_headers = adjust_headers(headers, route.pipeline, version)  # type: ignore[arg-type]
+            rnd = before = 0
+            if route.max_visits:  # a cyclic pipeline: count the request's entries into the step
+                rnd, before, out_headers = enter(out_headers, route.step)
             if route.join is not None:
-                futures.append(self.joiner.offer(route.join, route.join_index, key, out_headers, out))
+                futures.append(self.joiner.offer(route.join, route.join_index, key, out_headers, out, rnd))
             elif route.batch is not None:
                 futures.append(self.batcher.offer(route.batch, key, out_headers, out))
+            elif route.max_visits and before >= route.max_visits:
+                futures.append(
+                    self._too_many_visits(route.pipeline, route.step, route.max_visits, key, out_headers)
+                )
             else:
                 futures.append(self.producer.produce(route.sink_topic, partition, key, out, out_headers))
         return futures
@@ -112,10 +120,25 @@ class DataflowRunner:
         self.joiner.close()
         self.batcher.close()
 
-    def _emit_join(self, spec: JoinSpec, key: bytes, headers: Headers, value: bytes) -> asyncio.Future[None]:
+    def _emit_join(
+        self, spec: JoinSpec, key: bytes, headers: Headers, value: bytes, rnd: int
+    ) -> asyncio.Future[None]:
         if spec.then is not None:  # e.g. a step's joined triggers go on to meet its inputs
-            return self.joiner.offer(spec.then, spec.then_index, key, headers, value)
+            return self.joiner.offer(spec.then, spec.then_index, key, headers, value, rnd)
+        if spec.max_visits and spec.request and visits(headers, spec.node) > spec.max_visits:
+            return self._too_many_visits(spec.pipeline, spec.node, spec.max_visits, key, headers)
         return self.producer.produce(spec.sink, t.partition_of(key, self.partitions), key, value, headers)
+
+    def _too_many_visits(
+        self, pipeline: str, step: str, cap: int, key: bytes, headers: Headers
+    ) -> asyncio.Future[None]:
+        """A cyclic pipeline's request about to enter a step once more than maxStepRevisits allows."""
+        message = (
+            f"pipeline {pipeline}: step {step} was entered {cap} times for this request, "
+            f"its cap (maxStepRevisits {cap})"
+        )
+        log.info("%s (key %s)", message, key.decode("utf-8", "replace"))
+        return self._error(step, key, headers, message)
 
     def _write_batch(
         self, spec: BatchSpec, key: bytes, headers: Headers, value: bytes

@@ -227,9 +227,11 @@ def _join(
 
 def adjust_headers(
     headers: Iterable[tuple[str, bytes | None]] | None, pipeline: str, version: str
-) -> list[tuple[str, bytes | None]]:
+) -> list[tuple[str, str | bytes | None]]:
     """Seldon's headerAdjust: drop the Alibi headers, set ``pipeline`` and ``x-pipeline-version``."""
-    out = [(name, value) for name, value in headers or () if name not in _DROPPED_HEADERS]
+    out: list[tuple[str, str | bytes | None]] = [
+        (name, value) for name, value in headers or () if name not in _DROPPED_HEADERS
+    ]
     out.append((PIPELINE_HEADER, pipeline.encode()))
     out.append((PIPELINE_VERSION_HEADER, version.encode()))
     return out

@@ -57,6 +57,35 @@ class Model:
 """
 
 
+COUNTER = """
+import numpy as np
+class Model:
+    \"\"\"Seldon's cyclic example: add one; a `continue` or `stop` tensor says: go round again?\"\"\"
+    def predict(self, inputs):
+        x = next(iter(inputs.values())) + 1
+        go = "continue" if int(x.reshape(-1)[0]) < 10 else "stop"
+        return {"output": x, go: np.zeros(1, dtype=np.int64)}
+"""
+
+# Seldon's cyclic pipeline example: counter -> loop -> counter until 10, then done -> output
+CYCLIC = """  allowCycles: true
+{cap}  steps:
+  - name: counter
+    inputsJoinType: any
+    inputs: [{name}.inputs, loop.outputs]
+  - name: done
+    joinWindowMs: 1
+    inputs: [counter.outputs]
+    triggers: [counter.outputs.stop]
+  - name: loop
+    joinWindowMs: 1
+    inputs: [counter.outputs.output]
+    triggers: [counter.outputs.continue]
+  output:
+    steps: [done.outputs]
+"""
+
+
 def model_manifest(root: Path, name: str, source: str) -> Path:
     folder = root / "repo" / name
     folder.mkdir(parents=True, exist_ok=True)
@@ -94,7 +123,9 @@ def kserve(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFact
     s = Serve(root / "data", kafka=True, extra=["--load", str(SAMPLES), "--load", str(PIPELINES), *hops])
     try:
         s.start()
-        for name, source in (("boom", BOOM), ("split", SPLIT), ("slow", SLOW), ("both", BOTH)):
+        models = [("boom", BOOM), ("split", SPLIT), ("slow", SLOW), ("both", BOTH), ("counter", COUNTER)]
+        models += [("loop", BOTH), ("done", BOTH)]
+        for name, source in models:
             cli(s, "model", "load", "-f", str(model_manifest(root, name, source)))
         cli(
             s,
@@ -200,8 +231,13 @@ def kserve(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFact
             "  steps:\n  - name: echo\n  output:\n    steps: [echo]\n"
         )
         cli(s, "pipeline", "load", "-f", str(pipeline_manifest(root, "evens", evens)))
+        for name, cap in (("counting", ""), ("capped", "  maxStepRevisits: 3\n")):
+            cyclic = "spec:\n" + CYCLIC.format(name=name, cap=cap)
+            cli(s, "pipeline", "load", "-f", str(pipeline_manifest(root, name, cyclic)))
         pipelines = (
             "demo",
+            "counting",
+            "capped",
             "one",
             "three",
             "failing",
@@ -497,6 +533,38 @@ def test_pipelines_reading_each_other_are_refused_naming_the_cycle(kserve: Serve
         assert "cyc-b" not in cli(kserve, "pipeline", "list")  # nothing half-loaded
     finally:
         cli(kserve, "pipeline", "unload", "cyc-a")
+
+
+def test_a_cyclic_pipeline_goes_round_until_its_model_says_stop(kserve: Serve) -> None:
+    request_id = f"loop-{uuid.uuid4().hex}"
+    payload = orjson.dumps(
+        {"id": request_id, "inputs": [{"name": "x", "shape": [1, 1], "datatype": "INT64", "data": [0]}]}
+    )
+    status, _, out = infer_pipeline(kserve, "counting", payload)
+    assert status == 200, out
+    assert {o["name"]: o["data"] for o in out["outputs"]} == {"output": [10], "stop": [0]}
+    entries = read_keys(kserve.bootstrap, ["seldon.default.model.counter.inputs"], request_id, want=10)
+    assert len(entries) == 10  # 0 -> 1 -> ... -> 10: the counter ran ten times, each round once
+    assert dict(entries[-1].headers())["headrace-visits"].startswith(b"counter=")
+    # already past the limit: one round, straight out
+    status, _, out = infer_pipeline(kserve, "counting", body([12]))
+    assert status == 200 and out["outputs"][0]["data"] == [13], out
+
+
+def test_a_cycle_past_max_step_revisits_answers_an_error_and_writes_the_errors_topic(kserve: Serve) -> None:
+    request_id = f"cap-{uuid.uuid4().hex}"
+    payload = orjson.dumps(
+        {"id": request_id, "inputs": [{"name": "x", "shape": [1, 1], "datatype": "INT64", "data": [0]}]}
+    )
+    started = time.monotonic()
+    status, _, out = infer_pipeline(kserve, "capped", payload)
+    assert status == 400, out
+    assert out["error"].startswith("counter : ") and "maxStepRevisits 3" in out["error"], out
+    assert time.monotonic() - started < 10  # at once, not at the pipeline's timeout
+    (error,) = read_keys(kserve.bootstrap, ["seldon.default.errors.errors"], request_id, want=1)
+    assert dict(error.headers())["seldon-pipeline-errors"] == b"counter"
+    entries = read_keys(kserve.bootstrap, ["seldon.default.model.counter.inputs"], request_id, want=3)
+    assert len(entries) == 3  # the fourth entry was refused
 
 
 def test_inspect_shows_a_requests_records_on_every_topic_of_the_pipeline(kserve: Serve) -> None:

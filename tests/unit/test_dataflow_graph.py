@@ -423,3 +423,35 @@ def test_external_triggers_gate_the_external_inputs() -> None:
     assert (data.join_index, trigger.join_index) == (0, 1)
     assert (gate.part, gate.kind, gate.keep_first, gate.sink) == ("gate", "inner", True, f"{P}p.inputs")
     assert trigger.gate == "up" and trigger.tensors == frozenset({"go"})
+
+
+COUNTER = """  allowCycles: true
+  steps:
+  - name: counter
+    inputsJoinType: any
+    inputs: [p.inputs, loop.outputs]
+  - name: done
+    joinWindowMs: 1
+    inputs: [counter.outputs]
+    triggers: [counter.outputs.stop]
+  - name: loop
+    joinWindowMs: 1
+    inputs: [counter.outputs.output]
+    triggers: [counter.outputs.continue]
+  output:
+    steps: [done.outputs]
+"""
+
+
+def test_a_cyclic_pipeline_counts_visits_on_its_steps_with_the_default_cap() -> None:
+    g = compiled(COUNTER)
+    counter = [r for r in g.routes["seldon.default.model.loop.outputs"] if r.step == "counter"]
+    assert counter[0].max_visits == 10 and counter[0].join is not None and counter[0].join.max_visits == 10
+    loop = [r for r in g.routes["seldon.default.model.counter.outputs"] if r.step == "loop"]
+    assert {r.join.part for r in loop if r.join} == {"gate"} and all(r.max_visits == 10 for r in loop)
+    (out,) = g.output
+    assert out.max_visits == 0  # the output is not a step: not counted
+    capped = compiled(COUNTER.replace("allowCycles: true", "allowCycles: true\n  maxStepRevisits: 3"))
+    assert {r.max_visits for rs in capped.routes.values() for r in rs if r.role == "step"} == {3}
+    acyclic = compiled("  steps:\n  - name: a\n  - name: b\n    inputs: [a]\n")
+    assert {r.max_visits for rs in acyclic.routes.values() for r in rs} == {0}

@@ -121,7 +121,9 @@ def test_the_joiner_does_what_the_reference_says(
     async def main() -> None:
         loop = VirtualLoop(asyncio.get_running_loop())
 
-        def emit(spec: JoinSpec, key: bytes, headers: Any, value: bytes) -> asyncio.Future[None]:
+        def emit(
+            spec: JoinSpec, key: bytes, headers: Any, value: bytes, rnd: int = 0
+        ) -> asyncio.Future[None]:
             names = [t.name for t in pb2.ModelInferRequest.FromString(value).inputs]
             events.append(("emit", tuple(int(n[1:]) for n in names)))
             return done(loop)

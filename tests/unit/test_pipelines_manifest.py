@@ -452,8 +452,7 @@ def test_bad_pipeline_name() -> None:
 def test_cycles_are_parsed_when_allowed() -> None:
     m = one("  allowCycles: true\n  maxStepRevisits: 5\n  steps:\n  - name: a\n    inputs: [a]\n")
     assert m.allow_cycles and m.max_step_revisits == 5
-    with pytest.raises(ConfigError, match=r"Pipeline p: spec\.allowCycles .*is not supported yet"):
-        validate_for_chains(m)
+    validate_for_chains(m)  # cyclic pipelines run
 
 
 def test_references_to_the_pipeline_itself() -> None:
@@ -502,8 +501,8 @@ def test_document_errors(text: str, message: str) -> None:
             r"Pipeline p: spec\.steps\[1\]\.batch: batching a step that joins inputs",
         ),
         (
-            doc("  steps:\n  - name: a\n  allowCycles: true\n"),
-            r"Pipeline p: spec\.allowCycles \(cyclic pipelines\) is not supported yet",
+            doc("  steps:\n  - name: a\n    batch: {size: 2}\n  allowCycles: true\n"),
+            r"Pipeline p: spec\.steps\[0\]\.batch: batching in a pipeline with allowCycles is not supported",
         ),
         (
             TFSIMPLE_EXTENDED.replace("    tensorMap:", "    externalTriggers: [other.nope]\n    tensorMap:"),
