@@ -309,6 +309,7 @@ def _pipeline(doc: Mapping[str, Any]) -> PipelineManifest:
         **meta,
     )
     _check_graph(manifest, where)
+    _check_join_fields(manifest, raw_steps, spec.get("output"), spec.get("input"), where)
     return manifest
 
 
@@ -392,6 +393,53 @@ def _check_graph(m: PipelineManifest, where: str) -> None:
     if not m.allow_cycles and (cycle := _find_cycle(deps)):
         reads = ", ".join(f"{a} reads {b}" for a, b in itertools.pairwise(cycle))
         raise ConfigError(f"{where}: spec.steps form a cycle ({reads})")
+
+
+def _external_groups(refs: list[str]) -> set[tuple[str, str, str]]:
+    groups: set[tuple[str, str, str]] = set()
+    for text in refs:
+        try:
+            source, ref = parse_external_ref(text)
+        except ValueError:
+            continue  # validate_for_chains names the bad syntax
+        groups.add((source, ref.name, ref.direction))
+    return groups
+
+
+def _check_join_fields(m: PipelineManifest, raw_steps: list[Any], out: Any, inp: Any, where: str) -> None:
+    """A join type or window where nothing is joined (one input, no triggers) is refused: it would
+    silently mean nothing, and is most likely a misplaced or forgotten input."""
+
+    def refuse(field: str, what: str) -> None:
+        raise ConfigError(
+            f"{where}: {field} has no effect: {what}; a join needs two or more sources"
+            " (a step's inputs, its triggers or the output's steps, counted by topic)"
+        )
+
+    for i, (step, raw) in enumerate(zip(m.steps, raw_steps, strict=True)):
+        inputs = len(group_sources(step.inputs or [m.name], m.name))
+        triggers = len(group_sources(step.triggers, m.name))
+        field = f"spec.steps[{i}]"
+        if raw.get("inputsJoinType") is not None and inputs < 2:
+            refuse(f"{field}.inputsJoinType", f"step {step.name} reads one input")
+        if raw.get("triggersJoinType") is not None and triggers < 2:
+            refuse(f"{field}.triggersJoinType", f"step {step.name} has {triggers or 'no'} trigger")
+        if raw.get("joinWindowMs") is not None and inputs < 2 and not triggers:
+            refuse(f"{field}.joinWindowMs", f"step {step.name} reads one input and has no triggers")
+    if m.output is not None and isinstance(out, dict):
+        steps = len(group_sources(m.output.steps or [m.name], m.name))
+        for name in ("stepsJoin", "joinWindowMs"):
+            if out.get(name) is not None and steps < 2:
+                refuse(f"spec.output.{name}", "the output reads one step")
+    if m.input is not None and isinstance(inp, dict):
+        inputs = len(_external_groups(m.input.external_inputs))
+        triggers = len(_external_groups(m.input.external_triggers))
+        if inp.get("joinType") is not None and inputs < 2:
+            refuse("spec.input.joinType", "the pipeline reads one external input")
+        if inp.get("triggersJoinType") is not None and triggers < 2:
+            refuse("spec.input.triggersJoinType", f"the pipeline has {triggers or 'no'} external trigger")
+        if inp.get("joinWindowMs") is not None and inputs < 2 and not triggers:
+            refuse("spec.input.joinWindowMs", "the pipeline reads one external input and has no triggers")
 
 
 def group_sources(refs: list[str], pipeline: str) -> dict[Ref, frozenset[str] | None]:

@@ -165,7 +165,7 @@ def test_every_field() -> None:
     m = one(
         "  input:\n"
         "    externalInputs: [other.outputs, other.step.m.outputs.t]\n"
-        "    externalTriggers: [other2.outputs.ok]\n"
+        "    externalTriggers: [other2.outputs.ok, other3]\n"
         "    joinWindowMs: 500\n"
         "    joinType: outer\n"
         "    triggersJoinType: any\n"
@@ -175,13 +175,13 @@ def test_every_field() -> None:
         "  - name: b\n"
         "    inputs: [a.outputs.x, p.inputs.y]\n"
         "    tensorMap: {a.outputs.x: X, p.inputs.y: Y}\n"
-        "    triggers: [a.outputs.go]\n"
+        "    triggers: [a.outputs.go, p.inputs.go]\n"
         "    inputsJoinType: any\n"
         "    triggersJoinType: outer\n"
         "    joinWindowMs: 250\n"
         "    batch: {size: 4, windowMs: 10, rolling: true}\n"
         "  output:\n"
-        "    steps: [b]\n"
+        "    steps: [a, b]\n"
         "    stepsJoin: outer\n"
         "    joinWindowMs: 100\n"
         "    tensorMap: {b.outputs.OUT: result}\n"
@@ -199,7 +199,7 @@ def test_every_field() -> None:
     assert m.timeout_s == 2.5
     assert m.input == InputSpec(
         external_inputs=["other.outputs", "other.step.m.outputs.t"],
-        external_triggers=["other2.outputs.ok"],
+        external_triggers=["other2.outputs.ok", "other3"],
         join_window_ms=500,
         join_type="outer",
         triggers_join_type="any",
@@ -209,14 +209,14 @@ def test_every_field() -> None:
         name="b",
         inputs=["a.outputs.x", "p.inputs.y"],
         tensor_map={"a.outputs.x": "X", "p.inputs.y": "Y"},
-        triggers=["a.outputs.go"],
+        triggers=["a.outputs.go", "p.inputs.go"],
         inputs_join_type="any",
         triggers_join_type="outer",
         join_window_ms=250,
         batch=BatchSpec(size=4, window_ms=10, rolling=True),
     )
     assert m.output == OutputSpec(
-        steps=["b"], steps_join="outer", join_window_ms=100, tensor_map={"b.outputs.OUT": "result"}
+        steps=["a", "b"], steps_join="outer", join_window_ms=100, tensor_map={"b.outputs.OUT": "result"}
     )
     assert m.clean_topics_on_delete and not m.allow_cycles and m.max_step_revisits == 3
 
@@ -530,14 +530,51 @@ def test_not_supported_yet(text: str, message: str) -> None:
         "  steps:\n  - name: a\n",
         "  steps:\n  - name: a\n  - name: b\n    inputs: [a.outputs.x, a.outputs.y, a]\n",
         "  steps:\n  - name: a\n    inputs: [p.inputs.x, p]\n  output: {steps: [a.outputs.t, a.outputs.u]}\n",
-        "  steps:\n  - name: a\n    batch: {size: 0, windowMs: 5}\n"
-        "    inputsJoinType: any\n    joinWindowMs: 9\n",
+        "  steps:\n  - name: a\n    batch: {size: 0, windowMs: 5}\n",
+        "  steps:\n  - name: a\n  - name: b\n    inputs: [a]\n    triggers: [a.outputs.go]\n"
+        "    joinWindowMs: 1\n",  # the window of the trigger gate
         "  steps:\n  - name: a\n  output: {}\n",
         "  steps:\n  - name: a\n  maxStepRevisits: 3\n  allowCycles: false\n",
     ],
 )
 def test_chains_accepted(spec: str) -> None:
     validate_for_chains(one(spec))
+
+
+@pytest.mark.parametrize(
+    ("spec", "message"),
+    [
+        (
+            "  steps:\n  - name: a\n    inputsJoinType: any\n",
+            r"spec\.steps\[0\]\.inputsJoinType has no effect: step a reads one input",
+        ),
+        (
+            "  steps:\n  - name: a\n  - name: b\n    inputs: [a.outputs.x, a.outputs.y]\n"
+            "    joinWindowMs: 5\n",
+            r"spec\.steps\[1\]\.joinWindowMs has no effect: step b reads one input and has no triggers",
+        ),
+        (
+            "  steps:\n  - name: a\n  - name: b\n    inputs: [a, p]\n    triggers: [a.outputs.go]\n"
+            "    triggersJoinType: outer\n",
+            r"spec\.steps\[1\]\.triggersJoinType has no effect: step b has 1 trigger",
+        ),
+        (
+            "  steps:\n  - name: a\n  output: {steps: [a.outputs.t, a.outputs.u], stepsJoin: any}\n",
+            r"spec\.output\.stepsJoin has no effect: the output reads one step",
+        ),
+        (
+            "  input: {externalInputs: [o], joinType: outer}\n  steps:\n  - name: a\n",
+            r"spec\.input\.joinType has no effect: the pipeline reads one external input",
+        ),
+        (
+            "  input: {externalInputs: [o], joinWindowMs: 10}\n  steps:\n  - name: a\n",
+            r"spec\.input\.joinWindowMs has no effect",
+        ),
+    ],
+)
+def test_join_fields_where_nothing_is_joined_are_refused(spec: str, message: str) -> None:
+    with pytest.raises(ConfigError, match=rf"Pipeline p: {message}.*a join needs two or more sources"):
+        one(spec)
 
 
 def test_conditional_chain_accepted() -> None:
