@@ -600,3 +600,59 @@ def pipeline_inspect(
             click.echo(f"{target.topic}: no records" + (f" of request {request_id}" if request_id else ""))
         for msg in records:
             click.echo(render(msg, target, fmt=fmt, verbose=verbose, truncate=truncate))
+
+
+@pipeline.command("replay")
+@click.argument("name")
+@click.option("--request-id", "request_ids", multiple=True, help="Replay this request (repeatable).")
+@click.option("--offset", type=int, help="Replay the last N recorded inputs.")
+@click.option("--partition", type=int, help="With --from-offset/--to-offset: the inputs topic's partition.")
+@click.option("--from-offset", type=int, default=0, show_default=True, help="First offset of the range.")
+@click.option("--to-offset", type=int, help="Offset after the range's last (default: the end).")
+@click.option("--to", "to", help="Send to this pipeline instead (e.g. a new version loaded beside it).")
+@click.option(
+    "--inference-grpc-host", help="The gRPC gateway host:port (default: the settings' host and grpc port)."
+)
+@click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text", show_default=True)
+@click.option(
+    "--config", "config_file", type=click.Path(dir_okay=False), help="TOML settings (Kafka, topics)"
+)
+def pipeline_replay(
+    name: str,
+    request_ids: tuple[str, ...],
+    offset: int | None,
+    partition: int | None,
+    from_offset: int,
+    to_offset: int | None,
+    to: str | None,
+    inference_grpc_host: str | None,
+    fmt: str,
+    config_file: str | None,
+) -> None:
+    """Re-submit NAME's recorded inputs (from its inputs topic) through the pipeline, or through --to,
+    and show each new answer beside the recorded one. Exits 1 when any answer differs."""
+    from headrace.config.settings import load_settings
+    from headrace.pipeline_replay import Selection, replay
+
+    chosen = [bool(request_ids), offset is not None, partition is not None]
+    if sum(chosen) > 1:
+        raise click.UsageError("give one of --request-id, --offset or --partition (with a range)")
+    if offset is not None and offset < 1:
+        raise click.UsageError("--offset must be at least 1")
+    sel = Selection(request_ids, offset, partition, from_offset, to_offset)
+    settings = _call(lambda: load_settings(config_file))
+    target = inference_grpc_host or f"{settings.host}:{settings.grpc_port}"
+    results = _call(functools.partial(replay, settings, name, sel, target, to))
+    if fmt == "json":
+        _echo_json([{**msgspec.to_builtins(r), "same": r.same} for r in results])
+    else:
+        for r in results:
+            click.echo(f"request {r.request_id} ({r.source}) replayed as {r.replay_id}: "
+                       + ("same" if r.same else "differs"))  # fmt: skip
+            recorded = r.recorded_error or (json.dumps(r.recorded) if r.recorded else "(no recorded answer)")
+            click.echo(f"  recorded: {recorded}")
+            click.echo(f"  replayed: {r.replayed_error or json.dumps(r.replayed)}")
+        differ = sum(not r.same for r in results)
+        click.echo(f"{len(results)} replayed: {len(results) - differ} same, {differ} differ")
+    if any(not r.same for r in results):
+        sys.exit(1)

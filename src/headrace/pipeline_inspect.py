@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -60,20 +61,39 @@ def read_last(
     """The last ``last`` records of the target's topic (over all partitions, by timestamp) that carry
     its pipeline header and, if given, the request id."""
     depth = last if request_id is None else max(last, SEARCH_DEPTH)
+    found = scan(
+        settings,
+        target.topic,
+        lambda _p, low, high: (max(low, high - depth), high),
+        lambda msg: matches(msg, target, request_id),
+        timeout_s,
+    )
+    return found[-last:]
+
+
+#: (partition, low watermark, high watermark) -> the offsets [start, end) to read
+Ranges = Callable[[int, int, int], tuple[int, int] | None]
+
+
+def scan(
+    settings: Settings, topic: str, ranges: Ranges, wanted: Callable[[Any], bool], timeout_s: float = 10.0
+) -> list[Any]:
+    """The records of ``topic`` in each partition's range that ``wanted`` keeps, by timestamp."""
     conf = consumer_config(settings, None, {"enable.auto.commit": False, "group.id": "headrace-inspect"})
     consumer = Consumer(conf)
+    found: list[Any] = []
     try:
-        meta = consumer.list_topics(target.topic, timeout=timeout_s).topics.get(target.topic)
+        meta = consumer.list_topics(topic, timeout=timeout_s).topics.get(topic)
         if meta is None or meta.error is not None:
-            raise ConfigError(f"inspect: topic {target.topic} does not exist")
+            raise ConfigError(f"topic {topic} does not exist")
         ends: dict[int, int] = {}
         assign = []
         for p in sorted(meta.partitions):
-            low, high = consumer.get_watermark_offsets(TopicPartition(target.topic, p), timeout=timeout_s)
-            if high > low:
-                ends[p] = high
-                assign.append(TopicPartition(target.topic, p, max(low, high - depth)))
-        found: list[Any] = []
+            low, high = consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=timeout_s)
+            span = ranges(p, low, high)
+            if span is not None and max(span[0], low) < min(span[1], high):
+                ends[p] = min(span[1], high)
+                assign.append(TopicPartition(topic, p, max(span[0], low)))
         if assign:
             consumer.assign(assign)
             deadline = time.monotonic() + timeout_s
@@ -82,19 +102,22 @@ def read_last(
                 if msg is None or msg.error() is not None:
                     continue
                 partition, offset = msg.partition() or 0, msg.offset() or 0
-                if offset + 1 >= ends.get(partition, 0):
+                end = ends.get(partition)
+                if end is None or offset >= end:
+                    continue
+                if offset + 1 >= end:
                     ends.pop(partition, None)
-                if _wanted(msg, target, request_id):
+                if wanted(msg):
                     found.append(msg)
     except KafkaException as exc:
-        raise ConfigError(f"inspect: Kafka at {conf['bootstrap.servers']}: {exc}") from None
+        raise ConfigError(f"Kafka at {conf['bootstrap.servers']}: {exc}") from None
     finally:
         consumer.close()
     found.sort(key=lambda m: (m.timestamp()[1], m.partition(), m.offset()))
-    return found[-last:]
+    return found
 
 
-def _wanted(msg: Any, target: Target, request_id: str | None) -> bool:
+def matches(msg: Any, target: Target, request_id: str | None) -> bool:
     headers = dict(msg.headers() or [])
     if target.gate and headers.get(t.PIPELINE_HEADER) != target.gate.encode():
         return False
@@ -128,11 +151,11 @@ def render(msg: Any, target: Target, *, fmt: str, verbose: bool, truncate: bool)
     if fmt == "raw":
         lines.append(text_format.MessageToString(pb, as_one_line=True))
         return "\n".join(lines)
-    lines.append(orjson.dumps(_readable(pb, is_request, target.tensor, truncate)).decode())
+    lines.append(orjson.dumps(readable(pb, is_request, target.tensor, truncate)).decode())
     return "\n".join(lines)
 
 
-def _readable(pb: Any, is_request: bool, tensor: str | None, truncate: bool) -> dict[str, Any]:
+def readable(pb: Any, is_request: bool, tensor: str | None, truncate: bool) -> dict[str, Any]:
     try:
         decoded = grpc_codec.decode_request(pb) if is_request else grpc_codec.decode_response(pb)
     except Exception:  # not decodable as tensors: show the message as protobuf JSON

@@ -603,6 +603,57 @@ def test_inspect_shows_a_requests_records_on_every_topic_of_the_pipeline(kserve:
     assert proc.returncode == 1 and "pipeline three has no step 'nosuchstep'" in proc.stderr
 
 
+def test_replay_resubmits_recorded_inputs_and_shows_new_answers_beside_the_recorded(
+    kserve: Serve, tmp_path: Path
+) -> None:
+    summing = "spec:\n  steps:\n  - name: sum\n  output:\n    steps: [sum]\n"
+    cli(kserve, "pipeline", "load", "-f", str(pipeline_manifest(tmp_path, "versioned", summing)))
+    cli(kserve, "pipeline", "status", "versioned", "-w", "PipelineReady", "--timeout", "60")
+    request_id = f"replay-{uuid.uuid4().hex}"
+    payload = orjson.dumps(
+        {"id": request_id, "inputs": [{"name": "x", "shape": [1, 2], "datatype": "INT64", "data": [4, 5]}]}
+    )
+    status, _, out = infer_pipeline(kserve, "versioned", payload)
+    assert status == 200 and out["outputs"][0]["data"] == [9], out
+    env = {**os.environ, "HEADRACE_CONTROL_URL": kserve.control, "KAFKA_BOOTSTRAP_SERVERS": kserve.bootstrap}
+
+    def replay(*args: str) -> subprocess.CompletedProcess[str]:
+        cmd = [HEADRACE, "pipeline", "replay", "versioned", "--inference-grpc-host", kserve.grpc_url, *args]
+        return subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=90)
+
+    proc = replay("--request-id", request_id, "--format", "json")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    (result,) = orjson.loads(proc.stdout)
+    summed = {"outputs": [{"name": "sum", "datatype": "INT64", "shape": [1], "data": [9]}]}
+    assert result["request_id"] == request_id and result["same"]
+    assert result["recorded"] == result["replayed"] == summed
+    # the same input, picked by its place in the inputs topic, sent to another pipeline
+    partition, offset = result["source"].rpartition("[")[2].rstrip("]").split(":")
+    proc = replay("--partition", partition, "--from-offset", offset, "--to-offset", str(int(offset) + 1),
+                  "--to", "one", "--format", "json")  # fmt: skip
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert [(r["request_id"], r["replayed"]) for r in orjson.loads(proc.stdout)] == [(request_id, summed)]
+    # a new version of the pipeline: echo instead of sum; the replay shows what changed, and exits 1
+    echoing = "spec:\n  steps:\n  - name: echo\n  output:\n    steps: [echo]\n"
+    cli(kserve, "pipeline", "load", "-f", str(pipeline_manifest(tmp_path, "versioned", echoing)))
+    cli(kserve, "pipeline", "status", "versioned", "-w", "PipelineReady", "--timeout", "60")
+    deadline = time.monotonic() + 30
+    while True:  # the new version is ready when every worker has it
+        proc = replay("--request-id", request_id)
+        if proc.returncode == 1 or time.monotonic() > deadline:
+            break
+        time.sleep(0.5)
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    lines = proc.stdout.splitlines()
+    assert lines[0].startswith(f"request {request_id} (seldon.default.pipeline.versioned.inputs [")
+    assert lines[0].endswith("differs")
+    assert '"name": "sum"' in lines[1] and '"data": [9]' in lines[1]  # recorded
+    assert '"name": "x"' in lines[2] and '"data": [4, 5]' in lines[2]  # replayed through echo
+    assert lines[-1] == "1 replayed: 0 same, 1 differ"
+    proc = replay("--request-id", "no-such-request")
+    assert proc.returncode == 1 and "no recorded inputs of pipeline versioned match" in proc.stderr
+
+
 def read_keys(bootstrap: str, topics: list[str], needle: str, want: int, settle_s: float = 1.5) -> list[Any]:
     """Every record, from the start of ``topics``, whose key contains ``needle``: polls until ``want``
     have come, then ``settle_s`` more to catch any duplicate."""
