@@ -4,7 +4,9 @@ through the embedded Kafka), with a Triton ensemble and a Ray Serve handle chain
 Cells (REST, wrk -t1, small JSON body, closed loop):
 - light load: c=1 against the direct echo model and chain1..chain5;
 - peak: the 3-step chain at c=32;
-- half of peak: every chain at the smallest concurrency whose 3-step RPS reaches half the 3-step peak.
+- half of peak: every chain at the smallest concurrency whose 3-step RPS reaches half the 3-step peak;
+- batching gain (headrace): a one-step pipeline over a model that costs 10 ms per call whatever its rows,
+  without and with ``batch: {size: 8, windowMs: 5}``, at c=1 and c=32.
 "Added per step" = (chainN p50 - direct p50) / N; "slope" = least-squares slope of p50 over N = 1..5.
 """
 
@@ -53,6 +55,17 @@ RAY_VENV = CACHE_DIR / "ray-venv"
 PNG = REPO_DIR / "docs" / "pipeline-latency.png"
 PEAK_CONNS = 32
 HALF_CANDIDATES = (1, 2, 4, 8, 16)
+BATCH = {"size": 8, "windowMs": 5}
+#: a model whose cost is per call, not per row (a GPU kernel launch, a remote call): 10 ms a call
+PER_CALL_MODEL = """
+import time
+
+
+class Model:
+    def predict(self, inputs):
+        time.sleep(0.010)
+        return dict(inputs)
+"""
 
 
 @dataclass
@@ -222,6 +235,25 @@ class Bench:
             },
         }
         (pipes / "diamond.yaml").write_text(yaml.safe_dump(diamond, sort_keys=False))
+        batching = system == "headrace"
+        if batching:  # the batching gain: one model costing 10 ms per call, without and with batch
+            (wd / "percall").mkdir()
+            (wd / "percall" / "model.py").write_text(PER_CALL_MODEL)
+            doc = dict(base_doc)
+            doc["metadata"] = {"name": "percall"}
+            doc["spec"] = {**base_doc["spec"], "storageUri": str(wd / "percall")}
+            (models / "percall.yaml").write_text(yaml.safe_dump(doc, sort_keys=False))
+            for pipe, step in (
+                ("unbatched", {"name": "percall"}),
+                ("batched", {"name": "percall", "batch": BATCH}),
+            ):
+                doc = {
+                    "apiVersion": "mlops.seldon.io/v1alpha1",
+                    "kind": "Pipeline",
+                    "metadata": {"name": pipe},
+                    "spec": {"steps": [step], "output": {"steps": ["percall"]}},
+                }
+                (pipes / f"{pipe}.yaml").write_text(yaml.safe_dump(doc, sort_keys=False))
         http, grpc, control, kafka, kctl = free_ports(5)
         cmd = [
             str(HEADRACE),
@@ -248,11 +280,12 @@ class Bench:
         server = start_server("headrace", cmd, log_path=wd / "headrace.log", cwd=wd)
         try:
             base = f"http://127.0.0.1:{http}"
-            for name in names:
+            for name in names + (["percall"] if batching else []):
                 wait_ready(server, f"{base}/v2/models/{name}/ready", 180.0)
             env = dict(os.environ, HEADRACE_CONTROL_URL=f"http://127.0.0.1:{control}")
             run_quiet([str(HEADRACE), "pipeline", "load", "-f", str(pipes)], timeout=120, env=env)
-            for pipe in [f"chain{n}" for n in range(1, 6)] + ["diamond"]:
+            pipelines = [f"chain{n}" for n in range(1, 6)] + ["diamond"]
+            for pipe in pipelines + (["unbatched", "batched"] if batching else []):
                 run_quiet(
                     [
                         str(HEADRACE),
@@ -270,6 +303,8 @@ class Bench:
             self._chain_cells(system, server, base, 5, pipeline_header=True)
             self._diamond_cells(system, server, base)
             self._large_cells(system, server, base)
+            if batching:
+                self._batching_cells(system, server, base)
         except SetupError as exc:
             console.print(f"[yellow]  {system}: did not start: {exc}[/yellow]")
             self.res.notes.append(f"{system} run {rep + 1} did not start: {exc}")
@@ -339,6 +374,14 @@ class Bench:
             server,
             body=body,
         )
+
+    def _batching_cells(self, system: str, server: Server, base: str) -> None:
+        """The batching gain: the per-call-cost model behind a one-step pipeline, unbatched and batched
+        (size 8, window 5 ms), alone (c=1: the window's cost) and with 32 callers (the gain)."""
+        for pipe in ("unbatched", "batched"):
+            url, hdr = f"{base}/v2/models/{pipe}/infer", {"Seldon-Model": f"{pipe}.pipeline"}
+            self.measure(self.res.row(system, pipe, 1, "batch", 1), url, hdr, server)
+            self.measure(self.res.row(system, pipe, 1, "batch", PEAK_CONNS), url, hdr, server)
 
     def measure_half(
         self,
@@ -457,7 +500,7 @@ def fmt(x: float | None, spec: str = ".2f") -> str:
 def table_rows(res: Results) -> list[list[str]]:
     out = []
     for system in SYSTEMS:
-        for load in ("light", "half", "peak", "many", "4MiB"):
+        for load in ("light", "half", "peak", "many", "4MiB", "batch"):
             for row in sorted(
                 (r for r in res.rows.values() if r.system == system and r.load == load),
                 key=lambda r: (r.conns, r.steps),
@@ -519,6 +562,18 @@ def slopes(res: Results) -> list[str]:
                     f"(least squares over N={min(pts)[0]}..{max(pts)[0]})"
                 )
     return lines
+
+
+def batching_gain(res: Results) -> list[str]:
+    plain = res.get("headrace", "unbatched", "batch", PEAK_CONNS)
+    batched = res.get("headrace", "batched", "batch", PEAK_CONNS)
+    if plain is None or batched is None or not plain.rps() or not batched.rps():
+        return []
+    gain = (batched.rps() or 0.0) / (plain.rps() or 1.0)
+    return [
+        f"batching gain (model costing 10 ms per call, c={PEAK_CONNS}): batch size 8 / window 5 ms "
+        f"{batched.rps():,.0f} rps vs unbatched {plain.rps():,.0f} rps = {gain:.1f}x"
+    ]
 
 
 def plot(res: Results, path: Path) -> str | None:
@@ -599,6 +654,7 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         res.notes.append("interrupted: partial results")
     res.notes += slopes(res)
+    res.notes += batching_gain(res)
     res.notes.append(
         "added/step = (chainN p50 - direct echo p50 at the same load) / N. headrace chains write every hop "
         "to the embedded Apache Kafka (N steps = 2N+2 records); headrace hands each hop to the next step "
