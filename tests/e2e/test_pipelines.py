@@ -199,6 +199,7 @@ def kserve(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFact
             # split answers `even` for the inputs used below: the `odd` branch is dropped
             ("innerjoin", "split.outputs.odd", "    joinWindowMs: 500\n"),
             ("outerjoin", "split.outputs.odd", "    joinWindowMs: 500\n    inputsJoinType: outer\n"),
+            ("anyjoin", "split", "    inputsJoinType: any\n"),
         ):
             cli(
                 s,
@@ -245,6 +246,7 @@ def kserve(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFact
             "diamond",
             "innerjoin",
             "outerjoin",
+            "anyjoin",
             "gated",
             "batched",
             "downstream",
@@ -442,6 +444,26 @@ def test_an_outer_join_with_a_dropped_branch_answers_what_arrived_when_the_windo
     status, _, out = infer_pipeline(kserve, "outerjoin", body([5, 4]))
     assert status == 200, out
     assert [(o["name"], o["data"]) for o in out["outputs"]] == [("odd", [5, 4]), ("sum", [9])]
+
+
+def test_an_any_join_passes_the_first_branch_on_once_and_drops_the_other(kserve: Serve) -> None:
+    request_id = f"any-{uuid.uuid4().hex}"
+    payload = orjson.dumps(
+        {"id": request_id, "inputs": [{"name": "x", "shape": [1, 2], "datatype": "INT64", "data": [4, 5]}]}
+    )
+    status, _, out = infer_pipeline(kserve, "anyjoin", payload)
+    assert status == 200, out
+    # whichever branch came first: split's `even` (the input) or sum's `sum`, alone
+    assert [(o["name"], o["data"]) for o in out["outputs"]] in ([("even", [4, 5])], [("sum", [9])])
+    ns = "seldon.default"
+    branches = read_keys(
+        kserve.bootstrap, [f"{ns}.model.split.outputs", f"{ns}.model.sum.outputs"], request_id, 2
+    )
+    assert len([m for m in branches if dict(m.headers())["pipeline"] == b"anyjoin"]) == 2  # both arrived
+    joined = read_keys(
+        kserve.bootstrap, [f"{ns}.model.both.inputs", f"{ns}.pipeline.anyjoin.outputs"], request_id, 2
+    )
+    assert sorted(m.topic() for m in joined) == [f"{ns}.model.both.inputs", f"{ns}.pipeline.anyjoin.outputs"]
 
 
 def test_a_trigger_runs_the_step_only_when_its_tensor_is_there(kserve: Serve) -> None:
