@@ -65,6 +65,11 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     # also handed to the next step in memory, so a hop does not wait for the broker's round trip
     # (false: every hop goes through the broker, as in Seldon).
     local_hops: bool = True
+    # With local hops, a step's record at least this large (a model's inputs or outputs topic; never a
+    # pipeline's) is written to Kafka as a reference to its payload parked in the worker's shared
+    # memory (header headrace-shm); 0: always inline. The arena is reserved on first use.
+    hop_shm_min_bytes: int = 1 * MiB
+    hop_shm_arena_bytes: int = 256 * MiB
     # Model gateway (Seldon's names work as env: MODELGATEWAY_NUM_WORKERS, ...MAX_NUM_CONSUMERS,
     # ...WORKER_TIMEOUT_MS).
     modelgateway_num_workers: int = 8

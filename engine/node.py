@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
+import os
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -19,6 +20,13 @@ from headrace.config.settings import Settings
 from headrace.engine import topics as t
 from headrace.engine.backbone.consumer import PartitionConsumer
 from headrace.engine.backbone.loopback import HopLedger, LocalRecord, LoopbackProducer
+from headrace.engine.backbone.offload import (
+    AlreadyHandled,
+    HopOffload,
+    PayloadGone,
+    ResolvedRecord,
+    offload_header,
+)
 from headrace.engine.backbone.offsets import OffsetTracker
 from headrace.engine.backbone.producer import AsyncProducer
 from headrace.engine.backbone.record import Record, headers_of
@@ -70,10 +78,17 @@ class DataNode:
             dataplane_consumer_config(settings, group), self.partitions, loop, self._dispatch
         )
         self.tracker = OffsetTracker()
-        self.hops = HopLedger()
+        # with local hops, a step's large payload may be parked in shared memory (its Kafka copy
+        # then carries a reference; see backbone/offload.py)
+        self.offload = HopOffload(
+            os.urandom(4).hex(),
+            settings.hop_shm_min_bytes if settings.local_hops else 0,
+            settings.hop_shm_arena_bytes,
+        )
+        self.hops = HopLedger(release=self.offload.release)
         self._owned = frozenset(self.partitions)
         self._wanted: frozenset[str] = frozenset()
-        self.writer = self._loopback(self.hop_producer)
+        self.writer = self._loopback(self.hop_producer, offloadable=self._is_model_topic)
         self.models = ModelGateway(
             self.topics,
             self.writer,
@@ -94,7 +109,9 @@ class DataNode:
         self._commit_timer: asyncio.TimerHandle | None = None
         self._generation = 0
 
-    def _loopback(self, producer: AsyncProducer) -> LoopbackProducer:
+    def _loopback(
+        self, producer: AsyncProducer, offloadable: Callable[[str], bool] | None = None
+    ) -> LoopbackProducer:
         return LoopbackProducer(
             producer,
             self.hops,
@@ -103,7 +120,15 @@ class DataNode:
             self.loop,
             on_lost=self._hop_lost,
             enabled=self.settings.local_hops,
+            offload=self.offload if offloadable is not None else None,
+            offloadable=offloadable,
         )
+
+    def _is_model_topic(self, topic: str) -> bool:
+        """A step's record (a model's inputs or outputs): its payload may be parked in shared memory.
+        The pipelines' inputs and outputs topics always carry full payloads."""
+        ref = self.topics.parse(topic)
+        return ref is not None and ref.kind == t.MODEL
 
     async def start(self) -> None:
         """Open the Kafka clients once the broker answers (it may start after the workers)."""
@@ -221,8 +246,24 @@ class DataNode:
             seq = own(msg.headers())
             if seq is not None:
                 self.hops.returned(seq, done)
+            elif (parked := offload_header(msg.headers())) is not None:
+                self._route_parked(msg, parked, done)
             else:
                 self._route(msg, done)
+
+    def _route_parked(self, msg: Message, parked: bytes, done: Callable[[], None]) -> None:
+        """A step's record whose payload another incarnation parked in shared memory (it died before
+        handling it): fetch the payload back and handle the record."""
+        try:
+            value = self.offload.fetch(parked)
+        except AlreadyHandled:
+            done()  # its block was freed: the hop had been handled before the writer died
+            return
+        except PayloadGone as exc:
+            self._dataflow_error(msg, f"the record on {msg.topic()} cannot be handled: {exc}")
+            done()
+            return
+        self._route(ResolvedRecord(msg, value), done)
 
     def _deliver_local(self, record: LocalRecord) -> None:
         self._route(record, functools.partial(self.hops.handled, record.seq))
@@ -274,6 +315,7 @@ class DataNode:
         if self.hop_producer is not self.producer:
             self.hop_producer.close()
         self.producer.close()
+        self.offload.close()
 
 
 def _when_all(futures: list[Any], done: Callable[[], None]) -> None:

@@ -241,8 +241,8 @@ class Arena:
         self._check_open()
         return self._address
 
-    def close(self) -> None:
-        """Unmap (and, for the owner, unlink) the segment; idempotent.
+    def close(self, *, unlink: bool = True) -> None:
+        """Unmap (and, for the owner, unlink unless ``unlink`` is false) the segment; idempotent.
 
         Callers should release views first; if some are still alive the mapping is dropped here
         and unmapped by the runtime when the last view goes away.
@@ -260,7 +260,7 @@ class Arena:
             mm.close()
         except BufferError:
             pass  # views still exported elsewhere; the mapping dies with them
-        if self._owner and os.getpid() == self._pid:
+        if unlink and self._owner and os.getpid() == self._pid:
             try:
                 os.unlink(_path(self.name))
             except FileNotFoundError:

@@ -18,7 +18,9 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from headrace.engine.backbone.offload import OFFLOAD_HEADER, HopOffload
 from headrace.engine.backbone.producer import AsyncProducer, HeaderSeq
+from headrace.shm import Ref
 
 #: The stamp header: b"<incarnation>:<sequence>", always the first header of a stamped record.
 HOP_HEADER = "headrace-hop"
@@ -73,29 +75,38 @@ class LocalRecord:
 
 
 class _Hop:
-    __slots__ = ("born", "gone", "handled", "on_return")
+    __slots__ = ("born", "gone", "handled", "on_return", "parked")
 
     def __init__(self, born: float) -> None:
         self.handled = False  # the in-memory handling has finished
         self.gone = False  # its copy will never come back (the write failed)
         self.on_return: Callable[[], None] | None = None  # the copy came back while still handling
         self.born = born
+        self.parked: Ref | None = None  # its payload's block in the offload arena, freed when settled
 
 
 class HopLedger:
     """Which stamped records are still being handled, so their copies from the broker are committed
     only after the handling is done."""
 
-    def __init__(self) -> None:
+    def __init__(self, release: Callable[[Ref], None] | None = None) -> None:
         self.incarnation = os.urandom(8).hex().encode()
         self._prefix = self.incarnation + b":"
         self._seq = itertools.count()
         self._open: dict[int, _Hop] = {}
+        self._release = release
 
-    def stamp(self) -> tuple[int, bytes]:
+    def stamp(self, parked: Ref | None = None) -> tuple[int, bytes]:
         seq = next(self._seq)
-        self._open[seq] = _Hop(time.monotonic())
+        hop = self._open[seq] = _Hop(time.monotonic())
+        hop.parked = parked
         return seq, self._prefix + str(seq).encode()
+
+    def _close(self, seq: int) -> _Hop | None:
+        hop = self._open.pop(seq, None)
+        if hop is not None and hop.parked is not None and self._release is not None:
+            self._release(hop.parked)
+        return hop
 
     def own(self, headers: Any) -> int | None:
         """The sequence number if these headers carry this incarnation's stamp."""
@@ -115,16 +126,16 @@ class HopLedger:
             return
         hop.handled = True
         if hop.on_return is not None:
-            del self._open[seq]
+            self._close(seq)
             hop.on_return()
         elif hop.gone:
-            del self._open[seq]
+            self._close(seq)
 
     def returned(self, seq: int, done: Callable[[], None]) -> None:
         """The broker's copy of a stamped record arrived: ``done`` (commit it) once it is handled."""
         hop = self._open.get(seq)
         if hop is None or hop.handled:
-            self._open.pop(seq, None)
+            self._close(seq)
             done()
         else:
             hop.on_return = done
@@ -135,7 +146,7 @@ class HopLedger:
         if hop is None:
             return
         if hop.handled:
-            del self._open[seq]
+            self._close(seq)
         else:
             hop.gone = True
 
@@ -149,7 +160,7 @@ class HopLedger:
             if hop.handled:
                 stale.append(seq)
         for seq in stale:
-            del self._open[seq]
+            self._close(seq)
         return len(stale)
 
     def __len__(self) -> int:
@@ -170,6 +181,8 @@ class LoopbackProducer:
         loop: asyncio.AbstractEventLoop,
         on_lost: Callable[[LocalRecord, BaseException], None] | None = None,
         enabled: bool = True,
+        offload: HopOffload | None = None,
+        offloadable: Callable[[str], bool] | None = None,
     ) -> None:
         self.producer = producer
         self.ledger = ledger
@@ -178,17 +191,29 @@ class LoopbackProducer:
         self.loop = loop
         self.on_lost = on_lost
         self.enabled = enabled
+        self.offload = offload
+        self.offloadable = offloadable
 
     def produce(
         self, topic: str, partition: int, key: bytes, value: bytes, headers: HeaderSeq
     ) -> asyncio.Future[None]:
         if headers and headers[0][0] == HOP_HEADER:
             headers = headers[1:]  # an upstream stamp is not this record's
+        if any(name == OFFLOAD_HEADER for name, _ in headers):
+            headers = [(n, v) for n, v in headers if n != OFFLOAD_HEADER]  # nor an upstream reference
         if not self.enabled or not self.is_local(topic, partition):
             return self.producer.produce(topic, partition, key, value, headers)
-        seq, stamp = self.ledger.stamp()
+        parked = None
+        if self.offload is not None and self.offloadable is not None and self.offloadable(topic):
+            parked = self.offload.park(value)
+        seq, stamp = self.ledger.stamp(parked[1] if parked else None)
         stamped: list[tuple[str, Any]] = [(HOP_HEADER, stamp), *headers]
-        written = self.producer.produce(topic, partition, key, value, stamped)
+        if parked is None:
+            written = self.producer.produce(topic, partition, key, value, stamped)
+        else:  # the broker's copy carries a reference to the payload parked in shared memory
+            written = self.producer.produce(
+                topic, partition, key, b"", [*stamped, (OFFLOAD_HEADER, parked[0])]
+            )
         if written.done() and (written.cancelled() or written.exception() is not None):
             self.ledger.lost(seq)
             self.ledger.handled(seq)

@@ -14,6 +14,7 @@ from google.protobuf import json_format, text_format
 from headrace.config.errors import ConfigError
 from headrace.config.settings import Settings
 from headrace.engine import topics as t
+from headrace.engine.backbone.offload import AlreadyHandled, HopOffload, PayloadGone, offload_header
 from headrace.engine.kafka.config import consumer_config
 from headrace.gateway.oip import grpc_codec
 from headrace.gateway.oip.pb import pb2
@@ -22,6 +23,7 @@ from headrace.gateway.oip.types import InferRequest, Tensor
 #: With --request-id and no --offset: how far back each partition is searched.
 SEARCH_DEPTH = 1000
 TRUNCATE_ELEMENTS = 8
+_READER = HopOffload("inspect", 0, 0)  # reads parked payloads; never parks any
 
 
 @dataclass(frozen=True, slots=True)
@@ -143,6 +145,15 @@ def render(msg: Any, target: Target, *, fmt: str, verbose: bool, truncate: bool)
     if error is not None:
         lines.append(value.decode("utf-8", "replace"))
         return "\n".join(lines)
+    parked = offload_header(msg.headers())
+    if parked is not None:  # a step's large payload, parked in its worker's shared memory
+        try:
+            value = _READER.fetch(parked)
+        except (PayloadGone, AlreadyHandled):
+            lines.append(
+                f"(payload parked in its worker's shared memory, no longer there: {parked.decode()})"
+            )
+            return "\n".join(lines)
     try:
         pb = (pb2.ModelInferRequest if is_request else pb2.ModelInferResponse).FromString(value)
     except Exception:
