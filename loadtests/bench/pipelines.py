@@ -192,7 +192,11 @@ class Bench:
     def headrace_kafka(self, rep: int) -> None:
         self._headrace(rep, "headrace-kafka", ["--local-hops", "false"])
 
-    def _headrace(self, rep: int, system: str, flags: list[str]) -> None:
+    def headrace_inline(self, rep: int) -> None:
+        """Only the 4 MiB cells, with every step's record carrying its payload (no shm references)."""
+        self._headrace(rep, "headrace-inline", ["--hop-shm-min-bytes", "0"], only_large=True)
+
+    def _headrace(self, rep: int, system: str, flags: list[str], only_large: bool = False) -> None:
         wd = self.work / f"{system}-{rep}"
         models = wd / "models"
         pipes = wd / "pipelines"
@@ -300,8 +304,9 @@ class Bench:
                     timeout=150,
                     env=env,
                 )
-            self._chain_cells(system, server, base, 5, pipeline_header=True)
-            self._diamond_cells(system, server, base)
+            if not only_large:
+                self._chain_cells(system, server, base, 5, pipeline_header=True)
+                self._diamond_cells(system, server, base)
             self._large_cells(system, server, base)
             if batching:
                 self._batching_cells(system, server, base)
@@ -363,7 +368,9 @@ class Bench:
 
     def _large_cells(self, system: str, server: Server, base: str) -> None:
         """A 4 MiB FP32 tensor (REST binary extension) at c=1: the echo model direct (through shm to its
-        server process) and the 3-step chain (every hop's record carries the full 4 MiB)."""
+        server process) and the 3-step chain: the pipeline's inputs and outputs records carry the 4 MiB;
+        the steps' records carry a reference to shared memory (headrace), or the 4 MiB too
+        (headrace-inline, and headrace-kafka where every hop goes through the broker)."""
         body = rest_body("4MiB", binary=True, out_dir=self.work)
         direct = self.res.row(system, "direct", 0, "4MiB", 1)
         self.measure(direct, f"{base}/v2/models/echo/infer", {}, server, body=body)
@@ -530,7 +537,7 @@ def table_rows(res: Results) -> list[list[str]]:
     return out
 
 
-SYSTEMS = ("headrace", "headrace-kafka", "triton", "ray")
+SYSTEMS = ("headrace", "headrace-kafka", "headrace-inline", "triton", "ray")
 
 HEADER = [
     "system",
@@ -562,6 +569,17 @@ def slopes(res: Results) -> list[str]:
                     f"(least squares over N={min(pts)[0]}..{max(pts)[0]})"
                 )
     return lines
+
+
+def large_transport(res: Results) -> list[str]:
+    shm = res.get("headrace", "chain3", "4MiB", 1)
+    inline = res.get("headrace-inline", "chain3", "4MiB", 1)
+    if shm is None or inline is None or shm.p50() is None or inline.p50() is None:
+        return []
+    return [
+        f"4 MiB through chain3 at c=1: steps' records as shm references p50 {shm.p50():.1f} ms vs "
+        f"inline {inline.p50():.1f} ms ({(inline.p50() or 0) / (shm.p50() or 1):.1f}x)"
+    ]
 
 
 def batching_gain(res: Results) -> list[str]:
@@ -627,8 +645,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--workers", type=int, default=2, help="headrace --workers (default 2)")
     p.add_argument(
         "--only",
-        default="headrace,headrace-kafka,triton,ray",
-        help="subset of headrace,headrace-kafka (every hop through the broker),triton,ray",
+        default="headrace,headrace-kafka,headrace-inline,triton,ray",
+        help="subset of headrace,headrace-kafka (every hop through the broker),headrace-inline (4 MiB "
+        "cells with payloads inline in every step's record),triton,ray",
     )
     p.add_argument("--out", type=Path, default=RESULTS_DIR)
     p.add_argument("--png", type=Path, default=PNG)
@@ -643,6 +662,7 @@ def main(argv: list[str] | None = None) -> int:
     runners: list[tuple[str, Callable[[int], None]]] = [
         ("headrace", bench.headrace),
         ("headrace-kafka", bench.headrace_kafka),
+        ("headrace-inline", bench.headrace_inline),
         ("triton", bench.triton),
         ("ray", bench.ray),
     ]
@@ -655,6 +675,7 @@ def main(argv: list[str] | None = None) -> int:
         res.notes.append("interrupted: partial results")
     res.notes += slopes(res)
     res.notes += batching_gain(res)
+    res.notes += large_transport(res)
     res.notes.append(
         "added/step = (chainN p50 - direct echo p50 at the same load) / N. headrace chains write every hop "
         "to the embedded Apache Kafka (N steps = 2N+2 records); headrace hands each hop to the next step "
