@@ -86,6 +86,7 @@ class DataNode:
             settings.hop_shm_arena_bytes,
         )
         self.hops = HopLedger(release=self.offload.release)
+        self._model_topics: dict[str, bool] = {}
         self._owned = frozenset(self.partitions)
         self._wanted: frozenset[str] = frozenset()
         self.writer = self._loopback(self.hop_producer, offloadable=self._is_model_topic)
@@ -127,8 +128,11 @@ class DataNode:
     def _is_model_topic(self, topic: str) -> bool:
         """A step's record (a model's inputs or outputs): its payload may be parked in shared memory.
         The pipelines' inputs and outputs topics always carry full payloads."""
-        ref = self.topics.parse(topic)
-        return ref is not None and ref.kind == t.MODEL
+        known = self._model_topics.get(topic)
+        if known is None:
+            ref = self.topics.parse(topic)
+            known = self._model_topics[topic] = ref is not None and ref.kind == t.MODEL
+        return known
 
     async def start(self) -> None:
         """Open the Kafka clients once the broker answers (it may start after the workers)."""
