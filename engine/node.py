@@ -28,14 +28,16 @@ from headrace.engine.backbone.offload import (
     offload_header,
 )
 from headrace.engine.backbone.offsets import OffsetTracker
-from headrace.engine.backbone.producer import AsyncProducer
+from headrace.engine.backbone.producer import AsyncProducer, HeaderSeq, ProduceError
 from headrace.engine.backbone.record import Record, headers_of
 from headrace.engine.dataflow.graph import PipelineGraph, compile_pipeline
 from headrace.engine.dataflow.runner import DataflowRunner
 from headrace.engine.gateways.model import ModelGateway
 from headrace.engine.gateways.pipeline import PipelineGateway, Reply, Target
 from headrace.engine.kafka.config import (
+    BUSY_CALLS,
     admin_config,
+    busy_producer_config,
     dataplane_consumer_config,
     hop_producer_config,
     producer_config,
@@ -70,9 +72,10 @@ class DataNode:
         # the records a caller waits for (what the pipeline gateway writes) go out at once; with
         # local hops, the steps' records go through a second producer that batches them
         self.producer = AsyncProducer(producer_config(settings), loop)
-        self.hop_producer = (
-            AsyncProducer(hop_producer_config(settings), loop) if settings.local_hops else self.producer
-        )
+        self.hop_producer = self.busy_producer = self.producer
+        if settings.local_hops:
+            self.hop_producer = AsyncProducer(hop_producer_config(settings), loop)
+            self.busy_producer = AsyncProducer(busy_producer_config(settings), loop)
         group = f"{settings.topic_prefix}-{settings.namespace}-headrace-dataplane"
         self.consumer = PartitionConsumer(
             dataplane_consumer_config(settings, group), self.partitions, loop, self._dispatch
@@ -89,7 +92,11 @@ class DataNode:
         self._model_topics: dict[str, bool] = {}
         self._owned = frozenset(self.partitions)
         self._wanted: frozenset[str] = frozenset()
-        self.writer = self._loopback(self.hop_producer, offloadable=self._is_model_topic)
+        # the steps' records (models' topics) linger long; pipelines' records (what topic readers of
+        # the async path wait for) and errors only briefly
+        steps = self._loopback(self.hop_producer, offloadable=self._is_model_topic)
+        busy = self._loopback(self.busy_producer)
+        self.writer = SplitWriter(self._is_model_topic, steps, busy)
         self.models = ModelGateway(
             self.topics,
             self.writer,
@@ -102,7 +109,9 @@ class DataNode:
         self.dataflow = DataflowRunner(
             self.writer, settings.partitions, self._dataflow_error, loop, self.topics.errors
         )
-        self.gateway = PipelineGateway(self.topics, self._loopback(self.producer), self.partitions)
+        self.gateway = PipelineGateway(
+            self.topics, self._loopback(self.producer), self.partitions, busy, BUSY_CALLS
+        )
         self.table = RoutingTable()
         self.running: dict[str, int] = {}  # pipeline -> version whose topics this worker consumes
         self.errors: dict[str, str] = {}
@@ -125,6 +134,9 @@ class DataNode:
             offloadable=offloadable,
         )
 
+    def _producers(self) -> list[AsyncProducer]:
+        return list(dict.fromkeys([self.producer, self.hop_producer, self.busy_producer]))
+
     def _is_model_topic(self, topic: str) -> bool:
         """A step's record (a model's inputs or outputs): its payload may be parked in shared memory.
         The pipelines' inputs and outputs topics always carry full payloads."""
@@ -143,9 +155,8 @@ class DataNode:
                 break
             except BrokerNotReady as exc:
                 log.warning("%s; still waiting", exc.message)
-        self.producer.start()
-        if self.hop_producer is not self.producer:
-            self.hop_producer.start()
+        for producer in self._producers():
+            producer.start()
         self.consumer.start()
         self._commit_timer = self.loop.call_later(COMMIT_INTERVAL_S, self._commit)
         self.update(self.table)
@@ -290,8 +301,11 @@ class DataNode:
         done()
 
     def _hop_lost(self, record: LocalRecord, exc: BaseException) -> None:
-        """A record already handed over in memory could not be written: fail its caller, if waiting."""
-        self.gateway.fail(record.key(), f"writing to {record.topic()} failed: {exc}")
+        """A pipeline's record could not be written: fail its caller, if waiting (a record larger than
+        its topic accepts is the pipeline's problem, 400; anything else the broker's, 503)."""
+        too_large = isinstance(exc, ProduceError) and exc.too_large
+        kind = ErrorKind.INVALID_ARGUMENT if too_large else ErrorKind.UNAVAILABLE
+        self.gateway.fail(record.key(), f"writing to {record.topic()} failed: {exc}", kind)
 
     def _dataflow_error(self, msg: Record, message: str) -> None:
         headers = headers_of(msg)
@@ -316,10 +330,26 @@ class DataNode:
         self.dataflow.close()
         self.gateway.fail_all("worker is shutting down")
         self.consumer.stop()
-        if self.hop_producer is not self.producer:
-            self.hop_producer.close()
-        self.producer.close()
+        for producer in self._producers():
+            producer.close()
         self.offload.close()
+
+
+class SplitWriter:
+    """Writes a model's record through one producer and anything else through another."""
+
+    def __init__(
+        self, is_model: Callable[[str], bool], models: LoopbackProducer, other: LoopbackProducer
+    ) -> None:
+        self.is_model = is_model
+        self.models = models
+        self.other = other
+
+    def produce(
+        self, topic: str, partition: int, key: bytes, value: bytes, headers: HeaderSeq
+    ) -> asyncio.Future[None]:
+        writer = self.models if self.is_model(topic) else self.other
+        return writer.produce(topic, partition, key, value, headers)
 
 
 def _when_all(futures: list[Any], done: Callable[[], None]) -> None:

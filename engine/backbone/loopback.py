@@ -214,11 +214,14 @@ class LoopbackProducer:
             written = self.producer.produce(
                 topic, partition, key, b"", [*stamped, (OFFLOAD_HEADER, parked[0])]
             )
+        record = LocalRecord(topic, partition, key, value, stamped, seq, written)
         if written.done() and (written.cancelled() or written.exception() is not None):
             self.ledger.lost(seq)
             self.ledger.handled(seq)
+            exc = None if written.cancelled() else written.exception()
+            if self.on_lost is not None and exc is not None:
+                self.on_lost(record, exc)  # refused at once (e.g. too large): nothing goes on from here
             return written
-        record = LocalRecord(topic, partition, key, value, stamped, seq, written)
         written.add_done_callback(lambda fut: self._written(record, fut))
         self.loop.call_soon(self.deliver, record)
         return written

@@ -41,9 +41,20 @@ class Reply:
 
 
 class PipelineGateway:
-    def __init__(self, topics: t.Topics, producer: Writer, partitions: list[int]) -> None:
+    def __init__(
+        self,
+        topics: t.Topics,
+        producer: Writer,
+        partitions: list[int],
+        busy: Writer | None = None,
+        busy_calls: int = 0,
+    ) -> None:
         self.topics = topics
         self.producer = producer
+        # with ``busy_calls`` or more calls in flight the inputs records go through ``busy`` (it
+        # lingers: under load the broker gets fewer, larger requests)
+        self.busy = busy
+        self.busy_calls = busy_calls
         self.partitions = partitions
         self._turn = itertools.cycle(partitions)
         self._partition = next(self._turn)
@@ -111,8 +122,12 @@ class PipelineGateway:
         self.pending[key] = (reply_topic, fut)
         try:
             try:
-                await self.producer.produce(topic, partition, key, value, record_headers)
+                busy = self.busy is not None and len(self.pending) >= self.busy_calls
+                writer = self.busy if busy and self.busy is not None else self.producer
+                await writer.produce(topic, partition, key, value, record_headers)
             except ProduceError as exc:
+                if fut.done() and not fut.cancelled():
+                    fut.exception()  # also failed by the writer's on_lost: this answer says it
                 kind = ErrorKind.TOO_LARGE if exc.too_large else ErrorKind.UNAVAILABLE
                 raise HeadraceError(f"{target.kind} {target.name}: {exc}", kind) from None
             try:
@@ -139,11 +154,11 @@ class PipelineGateway:
             response.id = request.id
         return response
 
-    def fail(self, key: bytes, reason: str) -> None:
+    def fail(self, key: bytes, reason: str, kind: ErrorKind = ErrorKind.UNAVAILABLE) -> None:
         """Answer the caller waiting for ``key`` (if any) with an error."""
         entry = self.pending.pop(key, None)
         if entry is not None and not entry[1].done():
-            entry[1].set_exception(HeadraceError(reason, ErrorKind.UNAVAILABLE))
+            entry[1].set_exception(HeadraceError(reason, kind))
 
     def fail_all(self, reason: str) -> None:
         for _, fut in self.pending.values():

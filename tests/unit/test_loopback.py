@@ -150,13 +150,15 @@ def test_a_write_refused_at_once_is_not_handed_over() -> None:
         loop = asyncio.get_running_loop()
         producer, ledger = FakeProducer(loop, fail_now=True), HopLedger()
         delivered: list[LocalRecord] = []
-        writer = _writer(producer, ledger, delivered, [])
+        lost: list[str] = []
+        writer = _writer(producer, ledger, delivered, lost)
         fut = writer.produce("mine", 0, b"k", b"v", [])
         await asyncio.sleep(0)
         assert delivered == []  # the caller gets the write's error instead
         with pytest.raises(ProduceError):
             fut.result()
         assert len(ledger) == 0
+        assert lost == ["too large"]  # and whoever waits downstream of it is told at once
 
     asyncio.run(run())
 
