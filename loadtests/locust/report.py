@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 PERCENTILES = (0.5, 0.9, 0.99)
@@ -97,7 +98,9 @@ def _row(type_: str, name: str, entries: list[dict[str, Any]], duration: float) 
     for e in entries:
         buckets.update({float(ms): count for ms, count in e["response_times"].items()})
     requests = sum(e["num_requests"] for e in entries)
-    p50, p90, p99 = (_percentile(buckets, p) for p in PERCENTILES)
+    max_ms = max((float(e["max_response_time"] or 0) for e in entries), default=0.0)
+    # buckets round to two digits, possibly up: no percentile above the (exact) slowest request
+    p50, p90, p99 = (min(_percentile(buckets, p), max_ms) for p in PERCENTILES)
     return Row(
         type=type_,
         name=name,
@@ -107,7 +110,7 @@ def _row(type_: str, name: str, entries: list[dict[str, Any]], duration: float) 
         p50_ms=p50,
         p90_ms=p90,
         p99_ms=p99,
-        max_ms=max((float(e["max_response_time"] or 0) for e in entries), default=0.0),
+        max_ms=max_ms,
     )
 
 
@@ -132,8 +135,8 @@ def print_summary(summary: Summary, console: Console) -> None:
         column.justify = "right"
     for row in [*summary.rows, summary.total]:
         table.add_row(
-            row.type,
-            row.name,
+            escape(row.type),
+            escape(row.name),
             f"{row.requests:,}",
             f"{row.failures:,}",
             f"{row.rps:,.1f}",
@@ -143,9 +146,9 @@ def print_summary(summary: Summary, console: Console) -> None:
         )
     console.print(table)
     for f in summary.failures:
-        console.print(f"[red]failed {f.occurrences:,} times[/red]: {f.type} {f.name}: {f.error}")
+        console.print(f"[red]failed {f.occurrences:,} times[/red]: {escape(f'{f.type} {f.name}: {f.error}')}")
     for e in summary.exceptions:
-        console.print(f"[red]locustfile error[/red] {e}")
+        console.print(f"[red]locustfile error[/red] {escape(e)}")
     if summary.ok:
         console.print(f"[green]OK[/green]: {summary.total.requests:,} requests, no failures")
     elif summary.total.requests == 0:
