@@ -113,3 +113,34 @@ def test_failed_requests_fail_the_run_and_are_shown(server: Serve) -> None:
     (failure,) = summary["failures"]
     assert "HTTP 404" in failure["error"] and failure["occurrences"] == row["failures"], failure
     assert "HTTP 404" in output and "FAILED:" in output
+
+
+NO_OUTPUTS = """
+class Model:
+    def predict(self, inputs):
+        return {}
+"""
+
+
+def test_an_answer_without_outputs_is_a_failure(server: Serve, tmp_path: Path) -> None:
+    """A 200 (or gRPC OK) that carries no outputs is not a success; the pipeline calls still are."""
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "empty" / "model.py").write_text(NO_OUTPUTS)
+    manifest = tmp_path / "empty.yaml"
+    manifest.write_text(
+        "apiVersion: mlops.seldon.io/v1alpha1\nkind: Model\nmetadata:\n  name: empty\n"
+        f"spec:\n  storageUri: {tmp_path / 'empty'}\n  requirements: [python]\n"
+    )
+    env = {**os.environ, "HEADRACE_CONTROL_URL": server.control}
+    for cmd in (["model", "load", "-f", str(manifest)], ["model", "status", "empty", "-w", "ModelReady"]):
+        proc = subprocess.run([HEADRACE, *cmd], capture_output=True, text=True, env=env, timeout=90)
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+    code, output, summary = run_loadtest(server, "mixed", "--model", "empty", run_time="2s")
+    assert code == 1, output
+    rows = {(r["type"], r["name"]): r for r in summary["rows"]}
+    for key in (("POST", "/v2/models/empty/infer"), ("gRPC", "ModelInfer empty")):
+        assert rows[key]["requests"] == rows[key]["failures"] > 0, (key, output)
+    assert rows[PIPELINE_DEMO]["requests"] > 0 and rows[PIPELINE_DEMO]["failures"] == 0, output
+    assert {f["name"] for f in summary["failures"]} == {"/v2/models/empty/infer", "ModelInfer empty"}
+    assert all("no outputs in the answer" in f["error"] for f in summary["failures"]), summary["failures"]
+    assert "no outputs in the answer" in output and "FAILED:" in output
