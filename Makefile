@@ -9,7 +9,7 @@ KAFKA_POM := engine/kafka/pom.xml
 KAFKA_LIBS := $(VENV)/kafka-libs
 KAFKA_STAMP := $(KAFKA_LIBS)/.stamp
 
-.PHONY: install run test test-tansu lint fmt bench clean kafka-jars
+.PHONY: install run test test-tansu lint fmt bench loadtest clean kafka-jars
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -55,6 +55,18 @@ bench: install
 
 bench-pipelines: install
 	$(BIN)/python -m loadtests.bench.pipelines $(BENCH_ARGS)
+
+## A locust scenario, headless, against a running server (REST at TARGET, gRPC :9500, control :9004 on
+## its host); prints requests, failures, RPS and p50/p90/p99 per request type; fails if any request did.
+## Scenarios: rest_model grpc_model pipeline mixed load_unload. More options: LOADTEST_ARGS="--help".
+SCENARIO ?= rest_model
+TARGET ?= 127.0.0.1
+USERS ?= 10
+SPAWN_RATE ?= $(USERS)
+DURATION ?= 30s
+loadtest: install
+	$(BIN)/python -m loadtests.locust $(SCENARIO) --target $(TARGET) --users $(USERS) \
+		--spawn-rate $(SPAWN_RATE) --run-time $(DURATION) $(LOADTEST_ARGS)
 
 clean:
 	rm -rf $(VENV) .headrace .pytest_cache .mypy_cache .ruff_cache build *.egg-info
