@@ -110,16 +110,21 @@ class Serve:
         ]  # fmt: skip
 
     def start(self, wait_models: tuple[str, ...] = ("echo", "sum")) -> Serve:
+        self.launch()
+        for model in wait_models:
+            self.wait_ready(f"/v2/models/{model}/ready")
+        if not wait_models:
+            self.wait_ready("/v2/health/ready")
+        return self
+
+    def launch(self) -> Serve:
+        """Start the process without waiting for anything."""
         self.data_dir.mkdir(parents=True, exist_ok=True)
         env = {**os.environ, **self.env}
         with open(self.log, "ab") as log:
             self.proc = subprocess.Popen(
                 self.args(), stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True
             )
-        for model in wait_models:
-            self.wait_ready(f"/v2/models/{model}/ready")
-        if not wait_models:
-            self.wait_ready("/v2/health/ready")
         return self
 
     def wait_ready(self, path: str, timeout: float = 60.0) -> None:
