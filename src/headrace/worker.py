@@ -8,6 +8,8 @@ import signal
 
 from headrace.config.logs import setup_logging
 from headrace.config.settings import Settings
+from headrace.engine.kafka.config import admin_config
+from headrace.engine.kafka.watch import BrokerWatch
 from headrace.engine.node import DataNode, kafka_enabled
 from headrace.gateway.dataplane import DataPlane
 from headrace.gateway.frontdoor.http import ServerState, serve_http
@@ -31,7 +33,12 @@ async def serve(settings: Settings, index: int) -> None:
     readiness = Readiness(dataplane)
     registry.listeners.append(readiness.check)
     node = _kafka_node(settings, loop, index, dataplane)
+    broker: BrokerWatch | None = None
     if node is not None:
+        # pipelines need the broker: not ready while it does not answer
+        broker = BrokerWatch(admin_config(settings), loop, on_change=readiness.check)
+        dataplane.health_checks.append(broker.not_ready_reason)
+        broker.start()
         node_start = asyncio.ensure_future(node.start())
         dataplane.kafka = node
         registry.listeners.append(node.update)
@@ -75,6 +82,8 @@ async def serve(settings: Settings, index: int) -> None:
             conn.transport.close()
     await grpc_stop
     watcher.stop()
+    if broker is not None:
+        broker.stop()
     if node is not None:
         node_start.cancel()
         await loop.run_in_executor(None, node.close)
