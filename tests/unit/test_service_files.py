@@ -1,4 +1,4 @@
-"""The systemd unit and its env file agree with the code: signals, timeouts, setting names."""
+"""The service recipes (systemd unit and env file, Containerfile) agree with the code: signals, settings."""
 
 from __future__ import annotations
 
@@ -51,3 +51,30 @@ def test_env_file_names_only_real_settings() -> None:
     assert named <= SETTING_NAMES, named - SETTING_NAMES
     environment = unit()["Service"]["Environment"]
     assert environment.split("=", 1)[0] in SETTING_NAMES
+
+
+def containerfile() -> dict[str, list[str]]:
+    """Instructions of the final stage: name -> arguments (continuation lines joined)."""
+    text = (REPO / "Containerfile").read_text().replace("\\\n", " ")
+    final = text.split("\nFROM ")[-1]
+    out: dict[str, list[str]] = {}
+    for line in final.splitlines():
+        if line.strip() and not line.startswith("#"):
+            name, _, rest = line.strip().partition(" ")
+            out.setdefault(name.upper(), []).append(rest.strip())
+    return out
+
+
+def test_container_runs_unprivileged_and_stops_with_sigterm() -> None:
+    c = containerfile()
+    assert c["STOPSIGNAL"] == ["SIGTERM"]
+    assert c["USER"] and c["USER"][-1] not in ("root", "0")
+    assert set(" ".join(c["EXPOSE"]).split()) == {str(Settings().http_port), str(Settings().grpc_port)}
+
+
+def test_container_env_binds_every_interface_and_keeps_data_on_the_volume() -> None:
+    env = dict(re.findall(r"(\w+)=(\S+)", " ".join(c for c in containerfile()["ENV"])))
+    assert env["HEADRACE_HOST"] == "0.0.0.0"
+    assert containerfile()["VOLUME"] == [env["HEADRACE_DATA_DIR"]]
+    named = {k for k in env if k.startswith("HEADRACE_")}
+    assert named <= SETTING_NAMES, named - SETTING_NAMES
