@@ -122,9 +122,9 @@ class Supervisor:
                         self._spawn(child)
                 self._publish()
         finally:
-            # a doorbell rung during the drain would end this process once unblocked: take it first
-            while signal.sigtimedwait({_REPORT}, 0) is not None:
-                pass
+            # a doorbell rung during the drain (or by a late child) must not end this process once
+            # unblocked: ignoring it also discards one pending
+            signal.signal(_REPORT, signal.SIG_IGN)
             signal.pthread_sigmask(signal.SIG_UNBLOCK, _SIGNALS)
             for sock in (self._inbox, self._outbox):
                 if sock is not None:
