@@ -9,7 +9,11 @@ KAFKA_POM := engine/kafka/pom.xml
 KAFKA_LIBS := $(VENV)/kafka-libs
 KAFKA_STAMP := $(KAFKA_LIBS)/.stamp
 
-.PHONY: install run test test-tansu lint fmt bench loadtest clean kafka-jars
+DIST_DIR ?= dist
+DIST_BUILD ?= build/pyz
+DIST := $(DIST_DIR)/headrace.pyz
+
+.PHONY: install run test test-tansu lint fmt bench loadtest clean kafka-jars dist
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -26,6 +30,18 @@ $(KAFKA_STAMP): $(KAFKA_POM)
 	touch $(KAFKA_STAMP)
 
 kafka-jars: $(KAFKA_STAMP)
+
+## One file: dist/headrace.pyz (shiv) runs `python3.11 dist/headrace.pyz serve` on a Linux x86_64 machine
+## with only Python 3.11: every dependency's wheel and the Kafka broker's jars are inside (the
+## embedded Kafka needs Java 17+ there; else --embedded-broker none or --kafka-bootstrap).
+dist: install
+	rm -rf $(DIST_BUILD) build/lib  # setuptools would put stale files of build/lib in the wheel
+	$(BIN)/pip install -q --no-compile --target $(DIST_BUILD)/site .
+	rm -rf $(DIST_BUILD)/site/bin
+	mkdir -p $(DIST_BUILD)/site/headrace/engine/kafka/kafka-libs $(DIST_DIR)
+	cp $(KAFKA_LIBS)/*.jar $(DIST_BUILD)/site/headrace/engine/kafka/kafka-libs/
+	$(BIN)/shiv --site-packages $(DIST_BUILD)/site -e headrace.cli:main -p '/usr/bin/env python3.11' -o $(DIST)
+	rm -rf $(DIST_BUILD)
 
 ## Start the server with the sample models (echo, sum) and pipeline (demo: echo then sum) loaded:
 ## REST 127.0.0.1:9000, gRPC 9500, control 9004, embedded Kafka 9092.
@@ -69,4 +85,4 @@ loadtest: install
 		--spawn-rate $(SPAWN_RATE) --run-time $(DURATION) $(LOADTEST_ARGS)
 
 clean:
-	rm -rf $(VENV) .headrace .pytest_cache .mypy_cache .ruff_cache build *.egg-info
+	rm -rf $(VENV) .headrace .pytest_cache .mypy_cache .ruff_cache build dist *.egg-info

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, Protocol
 
 from headrace import __version__
@@ -61,6 +61,8 @@ class DataPlane:
         self.timeout = timeout
         self.draining = False
         self.kafka: KafkaPath | None = None
+        # more conditions of readiness (e.g. the Kafka broker answers): each returns why not, or None
+        self.health_checks: list[Callable[[], str | None]] = []
 
     # -- pipelines and the Kafka path -----------------------------------------------------------
     def _kafka(self) -> KafkaPath:
@@ -72,7 +74,7 @@ class DataPlane:
         kafka = self._kafka()
         if not kafka.pipeline_known(name):
             raise NotFoundError(f"pipeline '{name}' not found")
-        return kafka.pipeline_ready(name)
+        return kafka.pipeline_ready(name) and self.ready()
 
     async def infer_kafka(
         self, kind: str, name: str, request: InferRequest, headers: Sequence[tuple[str, bytes]]
@@ -91,7 +93,20 @@ class DataPlane:
         return True
 
     def ready(self) -> bool:
-        return self.registry.received and not self.draining
+        return self.not_ready_reason() is None
+
+    def not_ready_reason(self) -> str | None:
+        """Why this worker should not be sent traffic now, or None when it serves. The scheduler is
+        not a condition: without it the worker serves from its last routing table."""
+        if self.draining:
+            return "draining"
+        if not self.registry.received:
+            return "no routing table yet (scheduler not reached, no cached routes)"
+        for check in self.health_checks:
+            reason = check()
+            if reason is not None:
+                return reason
+        return None
 
     def server_metadata(self) -> dict[str, Any]:
         return {"name": SERVER_NAME, "version": __version__, "extensions": EXTENSIONS}

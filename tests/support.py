@@ -63,6 +63,8 @@ class Serve:
     kafka_controller_port: int = field(default_factory=free_port)
     extra: list[str] = field(default_factory=list)
     env: dict[str, str] = field(default_factory=dict)
+    inherit_env: bool = True  # False: the process gets `env` alone (as under `env -i`)
+    command: list[str] = field(default_factory=lambda: [HEADRACE])  # what runs `serve`
     proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -97,7 +99,7 @@ class Serve:
 
     def args(self) -> list[str]:
         return [
-            HEADRACE,
+            *self.command,
             "serve",
             "--http-port", str(self.http_port),
             "--grpc-port", str(self.grpc_port),
@@ -110,16 +112,21 @@ class Serve:
         ]  # fmt: skip
 
     def start(self, wait_models: tuple[str, ...] = ("echo", "sum")) -> Serve:
-        self.data_dir.mkdir(parents=True, exist_ok=True)
-        env = {**os.environ, **self.env}
-        with open(self.log, "ab") as log:
-            self.proc = subprocess.Popen(
-                self.args(), stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True
-            )
+        self.launch()
         for model in wait_models:
             self.wait_ready(f"/v2/models/{model}/ready")
         if not wait_models:
             self.wait_ready("/v2/health/ready")
+        return self
+
+    def launch(self) -> Serve:
+        """Start the process without waiting for anything."""
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        env = {**os.environ, **self.env} if self.inherit_env else dict(self.env)
+        with open(self.log, "ab") as log:
+            self.proc = subprocess.Popen(
+                self.args(), stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True
+            )
         return self
 
     def wait_ready(self, path: str, timeout: float = 60.0) -> None:

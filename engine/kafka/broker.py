@@ -31,6 +31,7 @@ log = logging.getLogger("headrace.kafka")
 
 MIN_JAVA = 17
 KAFKA_LIBS_ENV = "HEADRACE_KAFKA_LIBS"
+BUNDLED_LIBS = "kafka-libs"  # beside this module in the one-file build (Makefile: dist)
 _STORAGE_TOOLS = ("kafka.tools.StorageTool", "org.apache.kafka.tools.StorageTool")
 _PR_SET_PDEATHSIG = 1
 
@@ -90,9 +91,11 @@ def find_java() -> str:
 
 
 def find_kafka_libs() -> Path:
-    """The folder of the broker's jars: $HEADRACE_KAFKA_LIBS, else <sys.prefix>/kafka-libs."""
+    """The folder of the broker's jars: $HEADRACE_KAFKA_LIBS, else <sys.prefix>/kafka-libs (`make
+    install`), else kafka-libs beside this module (where `make dist` bundles them into the .pyz)."""
     candidates = [Path(os.environ[KAFKA_LIBS_ENV])] if os.environ.get(KAFKA_LIBS_ENV) else []
     candidates.append(Path(sys.prefix) / "kafka-libs")
+    candidates.append(Path(__file__).resolve().parent / BUNDLED_LIBS)
     for folder in candidates:
         if any(folder.glob("kafka_2.13-*.jar")):
             return folder

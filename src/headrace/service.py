@@ -9,6 +9,7 @@ import os
 
 from headrace.config.manifests import servers_from_settings
 from headrace.config.settings import Settings
+from headrace.notify import Notifier
 from headrace.supervisor import Child, ProcessSpec, Supervisor, cleanup_child_shm, cleanup_orphaned_shm
 
 log = logging.getLogger("headrace.service")
@@ -55,7 +56,8 @@ def build_specs(settings: Settings) -> list[ProcessSpec]:
                 )
             )
     for i in range(settings.worker_count):
-        specs.append(ProcessSpec(f"worker {i}", functools.partial(_run_worker, settings, i), STOP_WORKERS))
+        worker = functools.partial(_run_worker, settings, i)
+        specs.append(ProcessSpec(f"worker {i}", worker, STOP_WORKERS, reports_ready=True))
     return specs
 
 
@@ -76,7 +78,9 @@ def run_service(settings: Settings) -> int:
         tmp.write_text(json.dumps(table))
         os.replace(tmp, children_file)
 
-    supervisor = Supervisor(build_specs(settings), settings.grace_period_s, on_exit, on_spawn)
+    # under systemd (Type=notify): READY=1 once every worker serves, STATUS, WATCHDOG, STOPPING
+    notifier = Notifier.from_environ()
+    supervisor = Supervisor(build_specs(settings), settings.grace_period_s, on_exit, on_spawn, notifier)
     log.info(
         "headrace serving REST on %s:%d, gRPC on %s:%d, control on %s",
         settings.host,

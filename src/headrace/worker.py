@@ -8,6 +8,8 @@ import signal
 
 from headrace.config.logs import setup_logging
 from headrace.config.settings import Settings
+from headrace.engine.kafka.config import admin_config
+from headrace.engine.kafka.watch import BrokerWatch
 from headrace.engine.node import DataNode, kafka_enabled
 from headrace.gateway.dataplane import DataPlane
 from headrace.gateway.frontdoor.http import ServerState, serve_http
@@ -15,6 +17,7 @@ from headrace.gateway.frontdoor.rest import RestApp
 from headrace.gateway.registry import ModelRegistry
 from headrace.gateway.routewatch import RouteWatcher
 from headrace.gateway.runtime.client import ServerPool
+from headrace.supervisor import report_ready
 
 log = logging.getLogger("headrace.worker")
 
@@ -27,8 +30,15 @@ async def serve(settings: Settings, index: int) -> None:
     pool = ServerPool(settings, loop, index)
     dataplane = DataPlane(registry, pool, settings.model_timeout_s)
     watcher = RouteWatcher(settings, registry, loop, index)
+    readiness = Readiness(dataplane)
+    registry.listeners.append(readiness.check)
     node = _kafka_node(settings, loop, index, dataplane)
+    broker: BrokerWatch | None = None
     if node is not None:
+        # pipelines need the broker: not ready while it does not answer
+        broker = BrokerWatch(admin_config(settings), loop, on_change=readiness.check)
+        dataplane.health_checks.append(broker.not_ready_reason)
+        broker.start()
         node_start = asyncio.ensure_future(node.start())
         dataplane.kafka = node
         registry.listeners.append(node.update)
@@ -48,6 +58,7 @@ async def serve(settings: Settings, index: int) -> None:
         settings.http_port,
         settings.grpc_port,
     )
+    readiness.serving()
 
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -56,6 +67,7 @@ async def serve(settings: Settings, index: int) -> None:
 
     # Drain: stop accepting, answer what is in flight, then close.
     dataplane.draining = True
+    readiness.check()
     state.draining = True
     http_server.close()
     state.stop_sweeping()
@@ -70,11 +82,36 @@ async def serve(settings: Settings, index: int) -> None:
             conn.transport.close()
     await grpc_stop
     watcher.stop()
+    if broker is not None:
+        broker.stop()
     if node is not None:
         node_start.cancel()
         await loop.run_in_executor(None, node.close)
     pool.close()
     log.info("worker %d drained", index)
+
+
+class Readiness:
+    """Tells the supervisor when this worker starts or stops being ready (what /v2/health/ready
+    says), once its front doors listen; the supervisor tells systemd."""
+
+    def __init__(self, dataplane: DataPlane) -> None:
+        self.dataplane = dataplane
+        self.listening = False
+        self.last: tuple[bool, str] | None = None
+
+    def serving(self) -> None:
+        self.listening = True
+        self.check()
+
+    def check(self, *_: object) -> None:
+        if not self.listening:
+            return
+        reason = self.dataplane.not_ready_reason()
+        state = (reason is None, reason or "")
+        if state != self.last:
+            self.last = state
+            report_ready(*state)
 
 
 def _kafka_node(
