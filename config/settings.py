@@ -75,6 +75,20 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     modelgateway_num_workers: int = 8
     modelgateway_max_num_consumers: int = 100
     modelgateway_worker_timeout_ms: int = 120000
+    # Sharding (engine/sharding.py): how many workers one pipeline or model-gateway slot is spread over
+    # at most (Seldon's scalingConfig.pipelines.maxShardCountMultiplier; 0 = partitions; changed at
+    # run time with `headrace scaling set`), and the bound on any worker's share of units:
+    # ceil((1 + epsilon) * average).
+    max_shard_count_multiplier: int = 0
+    sharding_epsilon: float = 0.25
+    # Cluster: this instance's id (default: made once and kept in <data_dir>/instance-id); join the
+    # cluster whose scheduler is at HOST:PORT instead of running a scheduler (and a broker) here; where
+    # this instance's workers take requests forwarded by other instances (port 0: any free port, else
+    # internal_port + worker index).
+    instance_id: str = ""
+    join: str = ""
+    internal_host: str = "127.0.0.1"
+    internal_port: int = 0
 
     @property
     def worker_count(self) -> int:
@@ -88,6 +102,8 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
 
     @property
     def control_url(self) -> str:
+        if self.join:
+            return self.join if "://" in self.join else f"http://{self.join}"
         return f"http://{self.control_host}:{self.control_port}"
 
 

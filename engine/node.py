@@ -1,6 +1,7 @@
-"""A worker's Kafka roles together: model gateway, dataflow and pipeline gateway over one consumer
-and its producers, for the partitions this worker owns (p % workers == index); records for its own
-partitions are also handed over in memory (local hops, see backbone.loopback)."""
+"""A worker's Kafka roles together: model gateway, dataflow and pipeline gateway over one consumer and
+its producers, for the units sharding gives this worker (engine/sharding.py, engine/ownership.py).
+Records for partitions its active units read are also handed over in memory (local hops, see
+backbone.loopback). Units come and go by drain-first handoff: see ``_take`` and ``_drain``."""
 
 from __future__ import annotations
 
@@ -8,7 +9,8 @@ import asyncio
 import functools
 import logging
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import yaml
@@ -19,6 +21,7 @@ from headrace.config.pipelines import parse_pipelines
 from headrace.config.settings import Settings
 from headrace.engine import topics as t
 from headrace.engine.backbone.consumer import PartitionConsumer
+from headrace.engine.backbone.groups import GroupError, GroupOffsets, group_of
 from headrace.engine.backbone.loopback import HopLedger, LocalRecord, LoopbackProducer
 from headrace.engine.backbone.offload import (
     AlreadyHandled,
@@ -27,7 +30,6 @@ from headrace.engine.backbone.offload import (
     ResolvedRecord,
     offload_header,
 )
-from headrace.engine.backbone.offsets import OffsetTracker
 from headrace.engine.backbone.producer import AsyncProducer, HeaderSeq, ProduceError
 from headrace.engine.backbone.record import Record, headers_of
 from headrace.engine.dataflow.graph import PipelineGraph, compile_pipeline
@@ -43,13 +45,19 @@ from headrace.engine.kafka.config import (
     producer_config,
 )
 from headrace.engine.kafka.ready import BrokerNotReady, wait_ready
-from headrace.gateway.control import RoutingTable
+from headrace.engine.ownership import ACTIVE, DRAINING, TAKING, TP, Held, Holdings
+from headrace.engine.sharding import MODEL_GATEWAY, PIPELINE, Unit, slot_of
+from headrace.gateway.control import RoutingTable, UnitRoute
 from headrace.gateway.dataplane import DataPlane
 from headrace.gateway.oip.types import InferRequest, InferResponse
 
 log = logging.getLogger("headrace.node")
 
 COMMIT_INTERVAL_S = 1.0
+RETRY_S = 0.25  # a unit whose topics do not exist yet is tried again after this
+DRAIN_POLL_S = 0.005
+#: Forwards a call to the worker that serves it: (worker id, target, request, headers, timeout).
+Forward = Callable[[str, Target, InferRequest, list[tuple[str, Any]], float], Awaitable[Reply]]
 
 
 def kafka_enabled(settings: Settings) -> bool:
@@ -57,8 +65,8 @@ def kafka_enabled(settings: Settings) -> bool:
     return bool(settings.kafka_bootstrap) or settings.embedded_broker != "none"
 
 
-def owned_partitions(partitions: int, workers: int, index: int) -> list[int]:
-    return [p for p in range(partitions) if p % workers == index]
+def worker_id(settings: Settings, index: int) -> str:
+    return f"{settings.instance_id or 'local'}/{index}"
 
 
 class DataNode:
@@ -67,8 +75,8 @@ class DataNode:
     ) -> None:
         self.settings = settings
         self.loop = loop
+        self.me = worker_id(settings, index)
         self.topics = t.Topics(settings.topic_prefix, settings.namespace)
-        self.partitions = owned_partitions(settings.partitions, settings.worker_count, index)
         # the records a caller waits for (what the pipeline gateway writes) go out at once; with
         # local hops, the steps' records go through a second producer that batches them
         self.producer = AsyncProducer(producer_config(settings), loop)
@@ -77,10 +85,11 @@ class DataNode:
             self.hop_producer = AsyncProducer(hop_producer_config(settings), loop)
             self.busy_producer = AsyncProducer(busy_producer_config(settings), loop)
         group = f"{settings.topic_prefix}-{settings.namespace}-headrace-dataplane"
-        self.consumer = PartitionConsumer(
-            dataplane_consumer_config(settings, group), self.partitions, loop, self._dispatch
-        )
-        self.tracker = OffsetTracker()
+        self.consumer = PartitionConsumer(dataplane_consumer_config(settings, group), loop, self._dispatch)
+        self.groups = GroupOffsets(admin_config(settings))
+        self._admin = ThreadPoolExecutor(2, thread_name_prefix="kafka-admin")
+        self.holdings = Holdings()
+        self._assigned: set[TP] = set()  # what the consumer was asked to read
         # with local hops, a step's large payload may be parked in shared memory (its Kafka copy
         # then carries a reference; see backbone/offload.py)
         self.offload = HopOffload(
@@ -90,12 +99,12 @@ class DataNode:
         )
         self.hops = HopLedger(release=self.offload.release)
         self._model_topics: dict[str, bool] = {}
-        self._owned = frozenset(self.partitions)
-        self._wanted: frozenset[str] = frozenset()
         # the steps' records (models' topics) linger long; pipelines' records (what topic readers of
         # the async path wait for) and errors only briefly
         steps = self._loopback(self.hop_producer, offloadable=self._is_model_topic)
         busy = self._loopback(self.busy_producer)
+        fast = self._loopback(self.producer)
+        self._writers = [steps, busy, fast]
         self.writer = SplitWriter(self._is_model_topic, steps, busy)
         self.models = ModelGateway(
             self.topics,
@@ -109,15 +118,21 @@ class DataNode:
         self.dataflow = DataflowRunner(
             self.writer, settings.partitions, self._dataflow_error, loop, self.topics.errors
         )
-        self.gateway = PipelineGateway(
-            self.topics, self._loopback(self.producer), self.partitions, busy, BUSY_CALLS
-        )
+        self.gateway = PipelineGateway(self.topics, fast, busy, BUSY_CALLS)
         self.table = RoutingTable()
-        self.running: dict[str, int] = {}  # pipeline -> version whose topics this worker consumes
+        self.running: dict[str, int] = {}  # pipeline -> version its active units here run
         self.errors: dict[str, str] = {}
+        # what this worker handed over, for the unit's next owner: records to handle again (they
+        # waited in joins), by unit
+        self.released: dict[str, list[tuple[str, int, int]]] = {}
+        self.leaving = False
+        self.forward: Forward | None = None
         self.on_change: Callable[[], None] | None = None
+        self._changed = asyncio.Event()
         self._commit_timer: asyncio.TimerHandle | None = None
-        self._generation = 0
+        self._committing = False
+        self._started = False
+        self._turn = 0
 
     def _loopback(
         self, producer: AsyncProducer, offloadable: Callable[[str], bool] | None = None
@@ -158,13 +173,18 @@ class DataNode:
         for producer in self._producers():
             producer.start()
         self.consumer.start()
+        self._started = True
         self._commit_timer = self.loop.call_later(COMMIT_INTERVAL_S, self._commit)
         self.update(self.table)
+
+    @property
+    def started(self) -> bool:
+        return self._started
 
     # -- routing updates (event loop) -------------------------------------------------------------
     def update(self, table: RoutingTable) -> None:
         self.table = table
-        if not self.consumer.started:
+        if not self._started:
             return  # applied when the clients open
         graphs: dict[str, tuple[PipelineGraph, str]] = {}
         errors: dict[str, str] = {}
@@ -178,30 +198,256 @@ class DataNode:
                 errors[name] = f"unreadable manifest: {exc}"
         self.dataflow.set_pipelines(graphs)
         self.errors = errors
-        wanted = {self.topics.errors} | self.dataflow.topics()
-        wanted |= {self.topics.model_inputs(m) for m in table.models}
-        wanted |= self.gateway.reply_topics([Target(p, t.PIPELINE) for p in graphs])
-        versions = {name: table.pipelines[name].version for name in graphs}
-        self._generation += 1
-        generation = self._generation
-        self._wanted = frozenset(wanted)
-        fut = self.consumer.set_topics(wanted)
+        self._reconcile()
 
-        def assigned(f: asyncio.Future[None]) -> None:
-            if generation == self._generation and not f.cancelled() and f.exception() is None:
-                self.running = versions
-                if self.on_change is not None:
-                    self.on_change()
+    def _reconcile(self) -> None:
+        """Take the units the table gives this worker (once nobody else holds them), hand over the
+        ones it gives to others, and keep every held unit reading what it must."""
+        mine: dict[Unit, UnitRoute] = {}
+        for key, route in self.table.units.items():
+            if route.owner == self.me:
+                try:
+                    mine[Unit.parse(key)] = route
+                except ValueError:
+                    continue
+        for key in [k for k in self.released if self.table.units.get(k, UnitRoute(owner="")).active]:
+            del self.released[key]  # its next owner serves it: nothing more to tell
+        for unit, route in mine.items():
+            held = self.holdings.get(unit)
+            if held is None and not route.waiting and not self.leaving:
+                held = Held(unit, group_of(unit, self.topics.prefix, self.topics.namespace))
+                self.holdings.add(held)
+                held.task = asyncio.ensure_future(self._take(held, route))
+        for held in self.holdings:
+            if held.unit not in mine:
+                if held.state != DRAINING:
+                    self._start_drain(held)
+            elif held.state == ACTIVE and (held.task is None or held.task.done()):
+                held.task = asyncio.ensure_future(self._extend(held))
+        self._mark_running()
+        self._notify()
 
-        fut.add_done_callback(assigned)
+    def _reads_of(self, unit: Unit) -> tuple[set[TP], set[TP]]:
+        """(partitions the unit reads for its group, partitions read for callers' answers)."""
+        p = unit.partition
+        if unit.kind == PIPELINE:
+            entry = self.dataflow.graphs.get(unit.name)
+            grouped = {(topic, p) for topic in entry[0].reads} if entry is not None else set()
+            replies = {(self.topics.pipeline_outputs(unit.name), p), (self.topics.errors, p)}
+            return grouped, replies
+        slot = int(unit.name)
+        consumers = self.settings.modelgateway_max_num_consumers
+        models = [m for m in self.table.models if slot_of(m, consumers) == slot]
+        grouped = {(self.topics.model_inputs(m), p) for m in models}
+        replies = {(self.topics.model_outputs(m), p) for m in models} | {(self.topics.errors, p)}
+        return grouped, replies
+
+    async def _admin_call(self, fn: Callable[..., Any], *args: Any) -> Any:
+        return await self.loop.run_in_executor(self._admin, fn, *args)
+
+    async def _take(self, held: Held, route: UnitRoute) -> None:
+        """Start a unit: its group's offsets (or the partitions' ends), records its last owner asks to
+        be handled again, then the consumer reads from there."""
+        while self.holdings.get(held.unit) is held:
+            grouped, replies = self._reads_of(held.unit)
+            try:
+                starts = await self._admin_call(self.groups.starts, held.group, grouped)
+                ends = await self._admin_call(self.groups.latest, replies - grouped)
+            except GroupError as exc:
+                log.debug("unit %s not ready: %s", held.unit, exc)
+                await asyncio.sleep(RETRY_S)
+                continue
+            held.reads = dict(starts)
+            held.replies = set(replies)
+            held.replay = {(tp, p, o) for tp, p, o in route.replay if (tp, p) in grouped}
+            self.holdings.reindex()
+            begin = dict(ends)
+            for tp, offset in starts.items():
+                begin[tp] = min([offset, *(o for (x, y, o) in held.replay if (x, y) == tp)])
+            try:
+                await self._read(begin)
+            except Exception as exc:
+                log.warning("unit %s: the consumer could not take it: %s", held.unit, exc)
+                await asyncio.sleep(RETRY_S)
+                continue
+            if self.holdings.get(held.unit) is held and held.state == TAKING:
+                held.state = ACTIVE
+                log.debug("unit %s active from %s", held.unit, starts)
+                self._mark_running()
+                self._notify()
+            return
+
+    async def _extend(self, held: Held) -> None:
+        """An active unit whose topics changed (a new version of its pipeline, a model loaded into its
+        slot): read the new ones from its group's offsets, stop reading the dropped ones."""
+        grouped, replies = self._reads_of(held.unit)
+        new = grouped - set(held.reads)
+        gone = set(held.reads) - grouped
+        if gone:
+            for tp in gone:
+                held.reads.pop(tp, None)
+        held.replies = set(replies)
+        begin: dict[TP, int] = {}
+        try:
+            if new:
+                starts = await self._admin_call(self.groups.starts, held.group, new)
+                held.reads.update(starts)
+                begin.update(starts)
+            fresh = replies - grouped - self._assigned
+            if fresh:
+                begin.update(await self._admin_call(self.groups.latest, fresh))
+        except GroupError as exc:
+            log.debug("unit %s: new topics not ready: %s", held.unit, exc)
+            self.loop.call_later(RETRY_S, self._reconcile)
+            return
+        self.holdings.reindex()
+        if begin:
+            await self._read(begin)
+        self._unread_unused()
+        self._mark_running()
+
+    async def _read(self, begin: dict[TP, int]) -> None:
+        self._assigned |= set(begin)
+        await self.consumer.change(add=begin)
+
+    def _unread_unused(self) -> None:
+        """Stop reading partitions no held unit reads and no caller waits on."""
+        needed = self.holdings.reading() | self.gateway.awaited()
+        drop = self._assigned - needed
+        if drop:
+            self._assigned -= drop
+            self.consumer.change(drop=drop)
+
+    def _start_drain(self, held: Held) -> None:
+        if held.task is not None and not held.task.done():
+            held.task.cancel()
+        if held.state == TAKING:  # it never served: nothing to hand over
+            self.holdings.remove(held.unit)
+            self._unread_unused()
+            return
+        held.state = DRAINING
+        held.task = asyncio.ensure_future(self._drain(held))
+        self._notify()
+
+    async def _drain(self, held: Held) -> None:
+        """Hand a unit over without losing or repeating a record: new calls no longer use its
+        partition; once everything this worker wrote to its partition is acknowledged, the fence is
+        taken (the partitions' ends); what is below it is finished here (a pipeline's partial batches
+        are written, records waiting in joins are listed for the next owner, who handles them
+        again); the fence is committed for the unit's group, where the next owner starts."""
+        unit = held.unit
+        deadline = self.loop.time() + self.settings.grace_period_s
+        partition = unit.partition
+        pending = [f for w in self._writers for f in w.pending(partition)]
+        if pending:
+            await asyncio.wait(pending, timeout=max(0.0, deadline - self.loop.time()))
+        try:
+            held.fence = await self._admin_call(self.groups.latest, list(held.reads))
+        except GroupError as exc:
+            log.warning("unit %s: no fence (%s); handing over from its last commit", unit, exc)
+            held.fence = dict(held.reads)
+        if unit.kind == PIPELINE:
+            self.dataflow.batcher.flush_pipeline(unit.name)
+        tracker = self.holdings.trackers[held.group]
+        while self.loop.time() < deadline and not held.caught_up(self.holdings.trackers):
+            if held.parked and self._only_joins_left(held):
+                break  # only records waiting in joins are left: their next owner handles them
+            await asyncio.sleep(DRAIN_POLL_S)
+        replay = sorted(held.parked)
+        if unit.kind == PIPELINE:
+            self.dataflow.release(unit.name, partition)
+        commit = dict(held.fence or {})
+        if not held.caught_up(self.holdings.trackers) and not replay:
+            # out of time: hand over from what is finished (the next owner may repeat some records)
+            commit = {tp: o for tp, o in tracker.positions().items() if tp in held.reads}
+            log.warning("unit %s: handed over before it finished (%s)", unit, commit)
+        try:
+            await self._admin_call(self.groups.commit, held.group, commit)
+        except GroupError as exc:
+            log.warning("unit %s: fence not committed (%s): its next owner may repeat records", unit, exc)
+        for tp in held.reads:
+            tracker.forget(tp)
+        self.holdings.remove(unit)
+        if replay:
+            self.released[str(unit)] = replay
+        log.debug("unit %s released at %s (%d to handle again)", unit, commit, len(replay))
+        self._unread_unused()
+        self._mark_running()
+        self._notify()
+
+    def _only_joins_left(self, held: Held) -> bool:
+        """Draining: everything below the fence was read, and what is not finished waits in joins."""
+        fence = held.fence or {}
+        if any(held.reads.get(tp, end) < end for tp, end in fence.items()):
+            return False
+        tracker = self.holdings.trackers[held.group]
+        parked: dict[TP, int] = {}
+        for topic, partition, _ in held.parked:
+            parked[(topic, partition)] = parked.get((topic, partition), 0) + 1
+        return all(tracker.in_flight(tp) <= parked.get(tp, 0) for tp in fence)
+
+    def _mark_running(self) -> None:
+        """A pipeline runs here (at the table's version) once an active unit of it reads every topic
+        of that version."""
+        running: dict[str, int] = {}
+        for name, route in self.table.pipelines.items():
+            entry = self.dataflow.graphs.get(name)
+            if entry is None or entry[1] != str(route.version):
+                continue
+            for held in self.holdings:
+                unit = held.unit
+                if (
+                    unit.kind == PIPELINE
+                    and unit.name == name
+                    and held.state == ACTIVE
+                    and all((topic, unit.partition) in held.reads for topic in entry[0].reads)
+                ):
+                    running[name] = route.version
+                    break
+        self.running = running
+
+    def _notify(self) -> None:
+        self._changed.set()
+        self._changed = asyncio.Event()
+        if self.on_change is not None:
+            self.on_change()
+
+    def report(self) -> dict[str, Any]:
+        """What the worker's report says of its Kafka roles (read from the reporting thread)."""
+        return {
+            "pipelines": dict(self.running),
+            "pipeline_errors": dict(self.errors),
+            "held": self.holdings.report(),
+            "released": dict(self.released),
+            "leaving": self.leaving,
+        }
 
     def _gateway_workers(self, model: str) -> int | None:
         route = self.table.models.get(model)
         return route.gateway_workers if route is not None and route.gateway_workers > 0 else None
 
     def pipeline_ready(self, name: str) -> bool:
+        """Ready to take a call for this pipeline: its topics and models are there, and this worker
+        or another serves one of its partitions (with this version)."""
         route = self.table.pipelines.get(name)
-        return route is not None and route.ready and self.running.get(name) == route.version
+        if route is None or not route.ready:
+            return False
+        return self.running.get(name) == route.version or self._peer(PIPELINE, name) is not None
+
+    def _peer(self, kind: str, name: str) -> str | None:
+        """Another worker serving some partition of this resource, to forward a call to."""
+        prefix = f"{kind}:{name}:"
+        owners = sorted(
+            {
+                r.owner
+                for k, r in self.table.units.items()
+                if k.startswith(prefix) and r.active and r.owner != self.me and r.owner in self.table.workers
+            }
+        )
+        if not owners or self.forward is None:
+            return None
+        self._turn += 1
+        return owners[self._turn % len(owners)]
 
     # -- the data plane's KafkaPath port ------------------------------------------------------------
     def pipeline_known(self, name: str) -> bool:
@@ -216,89 +462,169 @@ class DataNode:
         return reply.response, reply.key
 
     # -- synchronous calls ------------------------------------------------------------------------
-    async def call(self, target: Target, request: InferRequest, headers: list[tuple[str, Any]]) -> Reply:
+    async def call(
+        self,
+        target: Target,
+        request: InferRequest,
+        headers: list[tuple[str, Any]],
+        forwarded: bool = False,
+        timeout: float | None = None,
+    ) -> Reply:
+        """Answer a call through Kafka on one of the partitions this worker serves the target on; a
+        worker serving none forwards it (once) to one that does. ``forwarded``: it came from another
+        worker, and is answered here."""
         if target.kind == t.PIPELINE:
             route = self.table.pipelines.get(target.name)
             if route is None:
                 raise HeadraceError(f"pipeline '{target.name}' not found", kind=ErrorKind.NOT_FOUND)
-            timeout = route.timeout_s
-            if not self.pipeline_ready(target.name):
-                await self._wait_ready(target.name, timeout)
+            kind, name = PIPELINE, target.name
+            limit = route.timeout_s
         else:
             if target.name not in self.table.models:
                 raise HeadraceError(f"model '{target.name}' not found", kind=ErrorKind.NOT_FOUND)
-            timeout = self.settings.pipeline_timeout_s
-        return await self.gateway.call(target, request, headers, timeout)
-
-    async def _wait_ready(self, name: str, timeout: float) -> None:
-        deadline = self.loop.time() + timeout
-        while not self.pipeline_ready(name):
-            if self.loop.time() >= deadline:
-                route = self.table.pipelines.get(name)
-                why = (
-                    route.message if route is not None and route.message else "not running in this worker yet"
+            kind = MODEL_GATEWAY
+            name = str(slot_of(target.name, self.settings.modelgateway_max_num_consumers))
+            limit = self.settings.pipeline_timeout_s
+        deadline = self.loop.time() + (timeout if timeout is not None else limit)
+        while True:
+            partitions = self._serving(target, kind, name)
+            if partitions:
+                remaining = max(0.001, deadline - self.loop.time())
+                return await self.gateway.call(target, request, headers, remaining, partitions)
+            peer = None if forwarded else self._peer(kind, name)
+            if peer is not None and self.forward is not None:
+                return await self.forward(
+                    peer, target, request, headers, max(0.001, deadline - self.loop.time())
                 )
-                raise HeadraceError(f"pipeline '{name}' is not ready: {why}", kind=ErrorKind.UNAVAILABLE)
-            await asyncio.sleep(0.05)
+            if self.loop.time() >= deadline:
+                raise HeadraceError(self._not_served(target), kind=ErrorKind.UNAVAILABLE)
+            changed = self._changed
+            try:
+                await asyncio.wait_for(changed.wait(), min(0.05, max(0.001, deadline - self.loop.time())))
+            except TimeoutError:
+                pass
+
+    def _serving(self, target: Target, kind: str, name: str) -> tuple[int, ...]:
+        if kind == PIPELINE:
+            route = self.table.pipelines.get(target.name)
+            if route is None or not route.ready or self.running.get(target.name) != route.version:
+                return ()
+        return tuple(self.holdings.active(kind, name))
+
+    def _not_served(self, target: Target) -> str:
+        if target.kind == t.PIPELINE:
+            route = self.table.pipelines.get(target.name)
+            why = route.message if route is not None and route.message else "no worker serves it yet"
+            return f"pipeline '{target.name}' is not ready: {why}"
+        return f"model '{target.name}' is not served through Kafka yet: no worker has its partitions"
 
     # -- records, consumed or handed over in memory (event loop) --------------------------------
     def _is_local(self, topic: str, partition: int) -> bool:
-        return partition in self._owned and topic in self._wanted
+        return self.holdings.local((topic, partition))
 
     def _dispatch(self, msgs: list[Message]) -> None:
         """Records from the consumer thread. A copy of a record this process handed over in memory
-        is not handled again: it is committed once the in-memory handling is done."""
+        is not handled again by the units that took it then: it is committed once they are done."""
         own = self.hops.own
-        tracker = self.tracker
         for msg in msgs:
             if msg.error() is not None:
                 log.warning("consumer: %s", msg.error())
                 continue
             tp = (msg.topic() or "", msg.partition() or 0)
             offset = msg.offset() or 0
-            tracker.begin(tp, offset)
-            done = functools.partial(tracker.done, tp, offset)
+            takers = [h for h in self.holdings.readers(tp) if h.takes(tp, offset)]
             seq = own(msg.headers())
             if seq is not None:
-                self.hops.returned(seq, done)
-            elif (parked := offload_header(msg.headers())) is not None:
-                self._route_parked(msg, parked, done)
+                holders, joined = self.hops.holders(seq)
+                took = [h for h in takers if h.unit in holders]
+                rest = [h for h in takers if h.unit not in holders]
+                for h in took:
+                    self.holdings.trackers[h.group].begin(tp, offset)
+                    if joined:
+                        h.parked.add((tp[0], tp[1], offset))
+                self.hops.returned(seq, functools.partial(self._finished, took, tp, offset))
+                if rest:
+                    self._handle(msg, rest, tp, offset, replies=False)
+                continue
+            parked = offload_header(msg.headers())
+            if parked is not None:
+                record = self._resolve_parked(msg, parked)
+                if record is None:
+                    self._finished(takers, tp, offset, begun=False)
+                    continue
+                self._handle(record, takers, tp, offset, replies=True)
             else:
-                self._route(msg, done)
+                self._handle(msg, takers, tp, offset, replies=True)
 
-    def _route_parked(self, msg: Message, parked: bytes, done: Callable[[], None]) -> None:
+    def _handle(self, msg: Record, takers: list[Held], tp: TP, offset: int, *, replies: bool) -> None:
+        for h in takers:
+            self.holdings.trackers[h.group].begin(tp, offset)
+        for h, futures, joined in self._route(msg, takers, replies):
+            if joined:
+                h.parked.add((tp[0], tp[1], offset))
+            _when_all(futures, functools.partial(self._finished, [h], tp, offset))
+
+    def _finished(self, holders: list[Held], tp: TP, offset: int, begun: bool = True) -> None:
+        for h in holders:
+            h.parked.discard((tp[0], tp[1], offset))
+            if begun:
+                self.holdings.trackers[h.group].done(tp, offset)
+
+    def _resolve_parked(self, msg: Message, parked: bytes) -> Record | None:
         """A step's record whose payload another incarnation parked in shared memory (it died before
-        handling it): fetch the payload back and handle the record."""
+        handling it): its payload, or None when there is nothing left to do with it."""
         try:
             value = self.offload.fetch(parked)
         except AlreadyHandled:
-            done()  # its block was freed: the hop had been handled before the writer died
-            return
+            return None  # its block was freed: the hop had been handled before the writer died
         except PayloadGone as exc:
             self._dataflow_error(msg, f"the record on {msg.topic()} cannot be handled: {exc}")
-            done()
-            return
-        self._route(ResolvedRecord(msg, value), done)
+            return None
+        return ResolvedRecord(msg, value)
 
     def _deliver_local(self, record: LocalRecord) -> None:
-        self._route(record, functools.partial(self.hops.handled, record.seq))
+        tp = (record.topic(), record.partition())
+        takers = [h for h in self.holdings.readers(tp) if h.takes_local()]
+        routed = self._route(record, takers, replies=True)
+        joined = any(j for _, _, j in routed)
+        self.hops.handled_by(record.seq, frozenset(h.unit for h in takers), joined)
+        _when_all(
+            [f for _, futures, _ in routed for f in futures],
+            functools.partial(self.hops.handled, record.seq),
+        )
 
-    def _route(self, msg: Record, done: Callable[[], None]) -> None:
-        """Hand a record to the roles that want it; ``done`` once they have all finished with it."""
+    def _route(
+        self, msg: Record, takers: list[Held], replies: bool
+    ) -> list[tuple[Held, list[asyncio.Future[None]], bool]]:
+        """Hand a record to the roles of the units that take it; per unit, the futures of its work and
+        whether the record waits in a join. Callers' answers go to the pipeline gateway."""
         topic = msg.topic() or ""
         ref = self.topics.parse(topic)
-        if ref is not None and ref.kind == t.MODEL and ref.direction == t.INPUTS:
-            if ref.name in self.table.models:
-                self.models.submit(ref.name, msg, done)
-                return
-        elif topic == self.topics.errors or (ref is not None and ref.direction == t.OUTPUTS):
+        if replies and (topic == self.topics.errors or (ref is not None and ref.direction == t.OUTPUTS)):
             self.gateway.on_reply(msg)
-        if self.dataflow.handles(topic):
-            futures = self.dataflow.on_record(msg)
-            if futures:
-                _when_all(futures, done)
-                return
-        done()
+        out: list[tuple[Held, list[asyncio.Future[None]], bool]] = []
+        if not takers:
+            return out
+        pipelines: dict[str, Held] = {}
+        for h in takers:
+            if h.unit.kind == PIPELINE:
+                pipelines[h.unit.name] = h
+            elif ref is not None and ref.kind == t.MODEL and ref.direction == t.INPUTS:
+                if ref.name in self.table.models:
+                    done: asyncio.Future[None] = self.loop.create_future()
+                    self.models.submit(ref.name, msg, functools.partial(_resolve, done))
+                    out.append((h, [done], False))
+                else:
+                    out.append((h, [], False))
+        if pipelines:
+            by_unit: dict[str, tuple[list[asyncio.Future[None]], bool]] = {n: ([], False) for n in pipelines}
+            if self.dataflow.handles(topic):
+                for name, fut, joined in self.dataflow.on_record(msg, pipelines):
+                    futures, was = by_unit[name]
+                    futures.append(fut)
+                    by_unit[name] = (futures, was or joined)
+            out += [(pipelines[n], futures, joined) for n, (futures, joined) in by_unit.items()]
+        return out
 
     def _hop_lost(self, record: LocalRecord, exc: BaseException) -> None:
         """A pipeline's record could not be written: fail its caller, if waiting (a record larger than
@@ -317,15 +643,67 @@ class DataNode:
             [*headers, (t.ERROR_HEADER, b"dataflow")],
         )
 
+    # -- commits, leaving, closing ----------------------------------------------------------------
     def _commit(self) -> None:
-        self.consumer.commit(self.tracker.to_commit())
-        self.hops.sweep()
         self._commit_timer = self.loop.call_later(COMMIT_INTERVAL_S, self._commit)
+        self.hops.sweep()
+        self._unread_unused()
+        if self._committing:
+            return
+        due = self._due_commits()
+        if due:
+            self._committing = True
+            fut = self.loop.run_in_executor(self._admin, self._commit_all, due)
+            fut.add_done_callback(lambda _: setattr(self, "_committing", False))
+
+    def _due_commits(self) -> dict[str, dict[TP, int]]:
+        """Per group, the offsets whose commit point moved — only for partitions a held unit reads
+        (a unit handed over commits its fence itself)."""
+        reading: dict[str, set[TP]] = {}
+        for held in self.holdings:
+            if held.state != TAKING:
+                reading.setdefault(held.group, set()).update(held.reads)
+        due: dict[str, dict[TP, int]] = {}
+        for group, tracker in self.holdings.trackers.items():
+            moved = {(tp, p): o for tp, p, o in tracker.to_commit() if (tp, p) in reading.get(group, ())}
+            if moved:
+                due[group] = moved
+        return due
+
+    def _commit_all(self, due: dict[str, dict[TP, int]]) -> None:
+        for group, offsets in due.items():
+            try:
+                self.groups.commit(group, offsets)
+            except GroupError as exc:
+                log.warning("offset commit failed: %s", exc)
+
+    async def leave(self, timeout: float) -> None:
+        """Hand every unit to other workers before stopping (when there are any): say so, then wait
+        until nothing is held — or the table still gives this worker its units (nobody can take them),
+        or the time is up."""
+        self.leaving = True
+        self._notify()
+        deadline = self.loop.time() + timeout
+        seen = self.table.version
+        while self.loop.time() < deadline and any(True for _ in self.holdings):
+            if self.table.version != seen and all(
+                self.table.units.get(str(h.unit), UnitRoute(owner="")).owner == self.me for h in self.holdings
+            ):
+                break  # the scheduler has heard and gives the units to nobody else
+            await asyncio.sleep(0.02)
 
     def close(self) -> None:
+        """Called off the event loop, at the end: commit what is finished, stop the clients."""
         if self._commit_timer is not None:
             self._commit_timer.cancel()
-        self.consumer.commit(self.tracker.to_commit())
+        due: dict[str, dict[TP, int]] = {}
+        for held in self.holdings:
+            tracker = self.holdings.trackers.get(held.group)
+            if tracker is not None and held.state != TAKING:
+                moved = {(tp, p): o for tp, p, o in tracker.to_commit() if (tp, p) in held.reads}
+                if moved:
+                    due.setdefault(held.group, {}).update(moved)
+        self._commit_all(due)
         self.models.close()
         self.dataflow.close()
         self.gateway.fail_all("worker is shutting down")
@@ -333,6 +711,7 @@ class DataNode:
         for producer in self._producers():
             producer.close()
         self.offload.close()
+        self._admin.shutdown(wait=False)
 
 
 class SplitWriter:
@@ -352,8 +731,16 @@ class SplitWriter:
         return writer.produce(topic, partition, key, value, headers)
 
 
-def _when_all(futures: list[Any], done: Callable[[], None]) -> None:
+def _resolve(fut: asyncio.Future[None]) -> None:
+    if not fut.done():
+        fut.set_result(None)
+
+
+def _when_all(futures: Sequence[asyncio.Future[None]], done: Callable[[], None]) -> None:
     remaining = len(futures)
+    if remaining == 0:
+        done()
+        return
 
     def one(_: Any) -> None:
         nonlocal remaining

@@ -64,10 +64,41 @@ class PipelineRoute(msgspec.Struct, frozen=True, kw_only=True):
     message: str = ""
 
 
+class UnitRoute(msgspec.Struct, frozen=True, kw_only=True):
+    """Who owns one unit (``engine.sharding.Unit`` as text): ``owner`` takes it once no other worker
+    in ``waiting`` still holds it (they drain and release it first)."""
+
+    owner: str  # worker id "<instance>/<index>"
+    waiting: list[str] = []
+    active: bool = False  # the owner reported it holds the unit and serves it
+    # records its last owner left waiting in joins, (topic, partition, offset): the owner handles
+    # them again before the ones after the unit's committed offset
+    replay: list[tuple[str, int, int]] = []
+
+
+class WorkerAddr(msgspec.Struct, frozen=True, kw_only=True):
+    """Where a worker takes requests forwarded by other workers: a unix socket (same instance) and
+    host:port (other instances)."""
+
+    instance: str
+    unix: str = ""
+    tcp: str = ""
+
+
+class ShardingInfo(msgspec.Struct, frozen=True, kw_only=True):
+    partitions: int = 0
+    shards: int = 0  # maxShardCountMultiplier in force (capped at the partitions)
+    max_consumers: int = 100  # the model gateway's hash slots
+
+
 class RoutingTable(msgspec.Struct, frozen=True, kw_only=True):
     version: int = 0
     models: dict[str, ModelRoute] = {}
     pipelines: dict[str, PipelineRoute] = {}
+    # sharding: every unit's owner, and where each worker can be reached
+    units: dict[str, UnitRoute] = {}
+    workers: dict[str, WorkerAddr] = {}
+    sharding: ShardingInfo = ShardingInfo()
 
 
 class ServerDesired(msgspec.Struct, frozen=True, kw_only=True):
@@ -98,6 +129,13 @@ class WorkerReport(msgspec.Struct, frozen=True, kw_only=True):
     index: int
     pid: int
     routes_version: int
+    instance: str = ""  # the instance the worker belongs to ("" = the scheduler's own)
+    # units this worker holds: unit -> "active" | "draining" (releasing it to its new owner)
+    held: dict[str, str] = {}
+    leaving: bool = False  # stopping: its units go to other workers first
+    forward: WorkerAddr | None = None
+    # units it handed over with records waiting in joins: their next owner handles them again
+    released: dict[str, list[tuple[str, int, int]]] = {}
     inline: list[LoadedModel] = []
     # pipeline name -> version this worker runs (its consumer holds the pipeline's topics)
     pipelines: dict[str, int] = {}

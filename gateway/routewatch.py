@@ -11,12 +11,13 @@ import os
 import threading
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import msgspec
 
 from headrace.config.settings import Settings
 from headrace.gateway import controlclient
-from headrace.gateway.control import RoutingTable, WorkerReport
+from headrace.gateway.control import RoutingTable, WorkerAddr, WorkerReport
 from headrace.gateway.registry import InlineModel, ModelRegistry
 from headrace.gateway.runtime.loaders import try_load
 
@@ -36,9 +37,9 @@ class RouteWatcher:
         self.version = 0
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="routes", daemon=True)
-        # what this worker runs of the pipelines (set by the Kafka node), for the reports
-        self.pipelines: Callable[[], tuple[dict[str, int], dict[str, str]]] | None = None
-        self._reported_pipelines: tuple[dict[str, int], dict[str, str]] = ({}, {})
+        # what the worker's Kafka roles have to say (pipelines run, units held...), for the reports
+        self.node_report: Callable[[], dict[str, Any]] | None = None
+        self.forward: WorkerAddr | None = None  # where this worker takes forwarded calls
 
     def start(self) -> None:
         """Call on the event loop: serves the cached table at once, then follows the scheduler."""
@@ -56,12 +57,18 @@ class RouteWatcher:
         threading.Thread(target=self._report_now, name="report", daemon=True).start()
 
     def _report_now(self) -> None:
-        pipelines = self.pipelines() if self.pipelines is not None else ({}, {})
         url = f"{self.settings.control_url}/v1/internal/workers/{self.index}/report"
         try:
-            controlclient.post(url, self._report(pipelines))
+            controlclient.post(url, self._report(self._node_state()))
         except controlclient.ControlUnavailableError:
             pass  # the control thread reports again on its next round
+
+    def report_now(self) -> None:
+        """Report at once, on the calling thread (e.g. a worker about to stop says it is leaving)."""
+        self._report_now()
+
+    def _node_state(self) -> dict[str, Any]:
+        return self.node_report() if self.node_report is not None else {}
 
     def _read_cache(self) -> RoutingTable | None:
         try:
@@ -80,19 +87,14 @@ class RouteWatcher:
     def _run(self) -> None:
         url = f"{self.settings.control_url}/v1/internal/routes"
         report_url = f"{self.settings.control_url}/v1/internal/workers/{self.index}/report"
-        reported = -1
 
         def step() -> None:
-            nonlocal reported
             table = controlclient.get(f"{url}?after={self.version}&wait=2", RoutingTable, timeout=10)
             if table.version != self.version or not self.registry.received:
                 self._apply(table)
                 self._write_cache(table)
-            pipelines = self.pipelines() if self.pipelines is not None else ({}, {})
-            if reported != self.version or self.inline or pipelines != self._reported_pipelines:
-                controlclient.post(report_url, self._report(pipelines))
-                reported = self.version
-                self._reported_pipelines = pipelines
+            # every round: the scheduler counts a worker silent for a while as gone
+            controlclient.post(report_url, self._report(self._node_state()))
 
         controlclient.follow(self._stop, step)
 
@@ -121,12 +123,13 @@ class RouteWatcher:
         self.inline = inline
         return inline
 
-    def _report(self, pipelines: tuple[dict[str, int], dict[str, str]]) -> WorkerReport:
+    def _report(self, node: dict[str, Any]) -> WorkerReport:
         return WorkerReport(
             index=self.index,
             pid=os.getpid(),
             routes_version=self.version,
+            instance=self.settings.instance_id,
             inline=[m.state for m in self.inline.values()],
-            pipelines=pipelines[0],
-            pipeline_errors=pipelines[1],
+            forward=self.forward,
+            **node,
         )

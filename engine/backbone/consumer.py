@@ -1,9 +1,10 @@
-"""A worker's one consumer: manual assignment of the partitions it owns, polled on its own thread.
+"""A worker's one consumer: manual assignment of the partitions its units read, polled on its own thread.
 
-There is no consumer-group rebalance on the hot path: the worker assigns exactly its partitions of
-the topics it needs. Offsets are committed under a group id so a restarted worker resumes; a
-partition never committed starts at its current end (records written before the pipeline or model
-existed are not replayed).
+There is no consumer-group rebalance on the hot path: the worker assigns exactly the (topic,
+partition) pairs its units read, each from the offset the worker gives (its units' commit groups
+keep those; see backbone/groups.py). Assigning a pair again from an earlier offset rewinds it (a unit
+taken over starts before where another unit on the same pair had got to); the roles skip what they
+have seen.
 """
 
 from __future__ import annotations
@@ -11,40 +12,44 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
-import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
-from confluent_kafka import OFFSET_END, Consumer, KafkaException, Message, TopicPartition
+from confluent_kafka import Consumer, KafkaException, Message, TopicPartition
 
 log = logging.getLogger("headrace.consumer")
 
 Handler = Callable[[list[Message]], None]
+TP = tuple[str, int]
+
+
+@dataclass(slots=True)
+class _Change:
+    add: dict[TP, int] = field(default_factory=dict)
+    drop: set[TP] = field(default_factory=set)
+    done: asyncio.Future[None] | None = None
 
 
 class PartitionConsumer:
     def __init__(
         self,
         conf: dict[str, Any],
-        partitions: Iterable[int],
         loop: asyncio.AbstractEventLoop,
         handler: Handler,
         batch: int = 500,
     ) -> None:
         self._conf = {**conf, "enable.auto.commit": False, "enable.auto.offset.store": False}
-        self.partitions = sorted(set(partitions))
         self._loop = loop
         self._handler = handler
         self._batch = batch
         self._lock = threading.Lock()
-        self._wanted: set[str] = set()
-        self._waiters: list[tuple[set[str], asyncio.Future[None]]] = []
-        self._commits: list[TopicPartition] = []
-        self._assigned: set[str] = set()
+        self._changes: list[_Change] = []
+        self._assigned: set[TP] = set()  # consumer thread only
+        self._next: dict[TP, int] = {}  # consumer thread only: the offset after the last record handed on
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="kafka-consumer", daemon=True)
         self._consumer: Consumer | None = None
-        self._next_metadata = 0.0
 
     @property
     def started(self) -> bool:
@@ -54,20 +59,13 @@ class PartitionConsumer:
         self._consumer = Consumer(self._conf)
         self._thread.start()
 
-    def set_topics(self, topics: set[str]) -> asyncio.Future[None]:
-        """Consume these topics (our partitions of each); the future completes once every one of them
-        is assigned at a known position, so a request produced afterwards is never missed."""
+    def change(self, add: Mapping[TP, int] | None = None, drop: Iterable[TP] = ()) -> asyncio.Future[None]:
+        """Read ``add``'s pairs from these offsets (a pair read already is rewound if the offset is
+        before where it got to) and stop reading ``drop``'s; the future completes once applied."""
         fut: asyncio.Future[None] = self._loop.create_future()
         with self._lock:
-            self._wanted = set(topics)
-            self._waiters.append((set(topics), fut))
+            self._changes.append(_Change(dict(add or {}), set(drop), fut))
         return fut
-
-    def commit(self, offsets: list[tuple[str, int, int]]) -> None:
-        if not offsets:
-            return
-        with self._lock:
-            self._commits.extend(TopicPartition(t, p, o) for t, p, o in offsets)
 
     def stop(self) -> None:
         self._stop.set()
@@ -80,97 +78,58 @@ class PartitionConsumer:
         assert consumer is not None
         try:
             while not self._stop.is_set():
-                self._sync_assignment(consumer)
-                self._flush_commits(consumer)
+                self._apply(consumer)
                 # consume(n, t) waits for a full batch or the timeout: block for the first record
                 # only, then take whatever else is already here
-                first = consumer.poll(0.05 if self._waiters else 0.2)
+                first = consumer.poll(0.05 if self._changes or not self._assigned else 0.2)
                 if first is None:
                     continue
                 msgs = [first, *consumer.consume(self._batch - 1, 0)] if self._batch > 1 else [first]
-                if msgs:
-                    self._loop.call_soon_threadsafe(self._handler, msgs)
-            self._flush_commits(consumer, wait=True)
+                nxt = self._next
+                for msg in msgs:
+                    if msg.error() is None:
+                        nxt[(msg.topic() or "", msg.partition() or 0)] = (msg.offset() or 0) + 1
+                self._loop.call_soon_threadsafe(self._handler, msgs)
         except Exception:
             log.exception("consumer thread failed")
         finally:
             consumer.close()
 
-    def _sync_assignment(self, consumer: Consumer) -> None:
+    def _apply(self, consumer: Consumer) -> None:
         with self._lock:
-            wanted = set(self._wanted)
-            waiters = self._waiters
-            self._waiters = []
-        added = wanted - self._assigned
-        removed = self._assigned - wanted
-        try:
-            if removed:
-                gone = [TopicPartition(t, p) for t in removed for p in self.partitions]
-                consumer.incremental_unassign(gone)
-                self._assigned -= removed
-            if added and time.monotonic() >= self._next_metadata:
-                # a topic the scheduler has not created yet is assigned once it exists
-                existing = set(consumer.list_topics(timeout=5).topics)
-                ready = {t for t in added if t in existing}
-                if ready:
-                    consumer.incremental_assign(self._start_positions(consumer, ready))
-                    self._assigned |= ready
-                if ready != added:
-                    self._next_metadata = time.monotonic() + 0.25
-        except KafkaException as exc:
-            log.warning("assignment of %s failed, retrying: %s", sorted(added), exc)
-            self._next_metadata = time.monotonic() + 0.5
-        pending = []
-        for topics, fut in waiters:
-            if topics <= self._assigned:
-                self._loop.call_soon_threadsafe(_resolve, fut)
-            elif topics <= wanted:
-                pending.append((topics, fut))
-            else:  # superseded by a newer set of topics
-                self._loop.call_soon_threadsafe(fut.cancel)
-        if pending:
-            with self._lock:
-                self._waiters = pending + self._waiters
-
-    def _start_positions(self, consumer: Consumer, topics: set[str]) -> list[TopicPartition]:
-        tps = [TopicPartition(t, p) for t in sorted(topics) for p in self.partitions]
-        committed = consumer.committed(tps, timeout=10)
-        out = []
-        fresh = []
-        for tp in committed:
-            if tp.offset >= 0:
-                out.append(TopicPartition(tp.topic, tp.partition, tp.offset))
-            else:
-                # never committed: start at the current end, resolved now so nothing slips past
-                _, high = consumer.get_watermark_offsets(TopicPartition(tp.topic, tp.partition), timeout=10)
-                out.append(TopicPartition(tp.topic, tp.partition, high if high >= 0 else OFFSET_END))
-                if high >= 0:
-                    fresh.append(TopicPartition(tp.topic, tp.partition, high))
-        if fresh:
-            # and commit that start, so that a worker dying before its first commit resumes there
-            # instead of at the end again (which would skip the records it was handling)
-            consumer.commit(offsets=fresh, asynchronous=False)
-        return out
-
-    def _flush_commits(self, consumer: Consumer, wait: bool = False) -> None:
-        with self._lock:
-            commits, self._commits = self._commits, []
-        if not commits:
-            return
-        latest: dict[tuple[str, int], TopicPartition] = {}
-        for tp in commits:
-            if tp.topic in self._assigned:
-                latest[(tp.topic, tp.partition)] = tp
-        if latest:
+            changes, self._changes = self._changes, []
+        for change in changes:
             try:
-                if wait:
-                    consumer.commit(offsets=list(latest.values()), asynchronous=False)
-                else:
-                    consumer.commit(offsets=list(latest.values()), asynchronous=True)
+                self._apply_one(consumer, change)
             except KafkaException as exc:
-                log.warning("offset commit failed: %s", exc)
+                log.warning("assignment change failed: %s", exc)
+                if change.done is not None:
+                    self._loop.call_soon_threadsafe(_fail, change.done, exc)
+                continue
+            if change.done is not None:
+                self._loop.call_soon_threadsafe(_resolve, change.done)
+
+    def _apply_one(self, consumer: Consumer, change: _Change) -> None:
+        drop = {tp for tp in change.drop if tp in self._assigned and tp not in change.add}
+        rewind = {tp for tp, o in change.add.items() if tp in self._assigned and o < self._next.get(tp, 0)}
+        if drop | rewind:
+            consumer.incremental_unassign([TopicPartition(t, p) for t, p in sorted(drop | rewind)])
+            self._assigned -= drop | rewind
+            for tp in drop | rewind:
+                self._next.pop(tp, None)
+        new = {tp: o for tp, o in change.add.items() if tp not in self._assigned}
+        if new:
+            consumer.incremental_assign([TopicPartition(t, p, o) for (t, p), o in sorted(new.items())])
+            self._assigned |= set(new)
+            for tp, offset in new.items():
+                self._next[tp] = offset
 
 
 def _resolve(fut: asyncio.Future[None]) -> None:
     if not fut.done():
         fut.set_result(None)
+
+
+def _fail(fut: asyncio.Future[None], exc: BaseException) -> None:
+    if not fut.done():
+        fut.set_exception(exc)

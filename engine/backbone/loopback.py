@@ -75,7 +75,7 @@ class LocalRecord:
 
 
 class _Hop:
-    __slots__ = ("born", "gone", "handled", "on_return", "parked")
+    __slots__ = ("born", "gone", "handled", "holders", "joined", "on_return", "parked")
 
     def __init__(self, born: float) -> None:
         self.handled = False  # the in-memory handling has finished
@@ -83,6 +83,8 @@ class _Hop:
         self.on_return: Callable[[], None] | None = None  # the copy came back while still handling
         self.born = born
         self.parked: Ref | None = None  # its payload's block in the offload arena, freed when settled
+        self.holders: frozenset[Any] = frozenset()  # who handled it in memory (the worker's units)
+        self.joined = False  # it waits in a join
 
 
 class HopLedger:
@@ -119,6 +121,19 @@ class HopLedger:
             return int(value[len(self._prefix) :])
         except ValueError:
             return None
+
+    def handled_by(self, seq: int, holders: frozenset[Any], joined: bool = False) -> None:
+        """Who took the record in memory, and whether it waits in a join there."""
+        hop = self._open.get(seq)
+        if hop is not None:
+            hop.holders, hop.joined = holders, joined
+
+    def holders(self, seq: int) -> tuple[frozenset[Any], bool]:
+        """(who took it in memory, whether it still waits in a join there)."""
+        hop = self._open.get(seq)
+        if hop is None:
+            return frozenset(), False
+        return hop.holders, hop.joined and not hop.handled
 
     def handled(self, seq: int) -> None:
         hop = self._open.get(seq)
@@ -193,6 +208,13 @@ class LoopbackProducer:
         self.enabled = enabled
         self.offload = offload
         self.offloadable = offloadable
+        # the last write to each (topic, partition): a unit handed over waits for these before its
+        # fence is taken, so that everything this worker wrote is below it
+        self.last: dict[tuple[str, int], asyncio.Future[None]] = {}
+
+    def pending(self, partition: int) -> list[asyncio.Future[None]]:
+        """This writer's unacknowledged last writes to any topic's ``partition``."""
+        return [f for (_, p), f in self.last.items() if p == partition and not f.done()]
 
     def produce(
         self, topic: str, partition: int, key: bytes, value: bytes, headers: HeaderSeq
@@ -202,7 +224,9 @@ class LoopbackProducer:
         if any(name == OFFLOAD_HEADER for name, _ in headers):
             headers = [(n, v) for n, v in headers if n != OFFLOAD_HEADER]  # nor an upstream reference
         if not self.enabled or not self.is_local(topic, partition):
-            return self.producer.produce(topic, partition, key, value, headers)
+            written = self.producer.produce(topic, partition, key, value, headers)
+            self.last[(topic, partition)] = written
+            return written
         parked = None
         if self.offload is not None and self.offloadable is not None and self.offloadable(topic):
             parked = self.offload.park(value)
@@ -214,6 +238,7 @@ class LoopbackProducer:
             written = self.producer.produce(
                 topic, partition, key, b"", [*stamped, (OFFLOAD_HEADER, parked[0])]
             )
+        self.last[(topic, partition)] = written
         record = LocalRecord(topic, partition, key, value, stamped, seq, written)
         if written.done() and (written.cancelled() or written.exception() is not None):
             self.ledger.lost(seq)

@@ -48,6 +48,10 @@ class OffsetTracker:
         part = self._parts.get(tp)
         return len(part.order) - len(part.done) if part is not None else 0
 
+    def positions(self) -> dict[TopicPartition, int]:
+        """Per partition, the offset before which everything is finished (-1: nothing yet)."""
+        return {tp: part.next_offset for tp, part in self._parts.items() if part.next_offset >= 0}
+
     def to_commit(self) -> list[tuple[str, int, int]]:
         """(topic, partition, offset) whose commit point moved since the last call."""
         out = []

@@ -52,6 +52,7 @@ class Batcher:
         self.fail = fail
         self.partitions = partitions
         self.open: dict[tuple[str, str], _Pending] = {}
+        self._specs: dict[tuple[str, str], BatchSpec] = {}
 
     def offer(self, spec: BatchSpec, key: bytes, headers: Headers, value: bytes) -> asyncio.Future[None]:
         """One request for the step; the future completes once its batch is written (its source
@@ -60,6 +61,7 @@ class Batcher:
         pending = self.open.get(slot)
         if pending is None:
             pending = self.open[slot] = _Pending()
+            self._specs[slot] = spec
             pending.timer = self.loop.call_later(spec.window_s, self._flush, spec, slot)
         settled: asyncio.Future[None] = self.loop.create_future()
         pending.members.append((key, headers, value))
@@ -94,6 +96,11 @@ class Batcher:
             (BATCH_HEADER, listing),
         ]
         _settle_after([self.write(spec, key, headers, value)], pending.waiters)
+
+    def flush_pipeline(self, pipeline: str) -> None:
+        """Write the partial batches of a pipeline's steps now (e.g. before handing it over)."""
+        for slot in [s for s in self.open if s[0] == pipeline]:
+            self._flush(self._specs[slot], slot)
 
     def close(self) -> None:
         for pending in self.open.values():

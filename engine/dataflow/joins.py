@@ -138,6 +138,16 @@ class Joiner:
             _chain(written, waiter)
         state.waiters = []
 
+    def abandon(self, pipeline: str, keys: Callable[[bytes], bool]) -> int:
+        """Drop a pipeline's open joins whose key matches, without emitting or failing them (their
+        records are handed to another worker); returns how many."""
+        gone = [slot for slot in self.open if slot[0] == pipeline and keys(slot[3])]
+        for slot in gone:
+            state = self.open.pop(slot)
+            if state.timer is not None:
+                state.timer.cancel()
+        return len(gone)
+
     def close(self) -> None:
         for state in self.open.values():
             if state.timer is not None:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Container
 
 from headrace.config.errors import HeadraceError
 from headrace.engine import topics as t
@@ -23,6 +23,8 @@ from headrace.engine.dataflow.visits import enter, visits
 log = logging.getLogger("headrace.dataflow")
 
 Written = asyncio.Future[None]
+#: (pipeline, the future of its write, whether the record waits in a join)
+Forwarded = tuple[str, "asyncio.Future[None]", bool]
 
 
 class DataflowRunner:
@@ -57,11 +59,14 @@ class DataflowRunner:
     def handles(self, topic: str) -> bool:
         return topic in self.by_topic
 
-    def on_record(self, msg: Record) -> list[object]:
-        """Forward one record along every route it feeds; returns the produce futures. A batched
+    def on_record(self, msg: Record, pipelines: Container[str] | None = None) -> list[Forwarded]:
+        """Forward one record along every route it feeds (of these pipelines, or all); returns, per
+        route taken, its pipeline, the future of its write and whether it waits in a join. A batched
         model answer is first cut back into one record per request of the batch."""
         topic = msg.topic() or ""
         routes = self.by_topic.get(topic)
+        if routes and pipelines is not None:
+            routes = [r for r in routes if r.pipeline in pipelines]
         if not routes:
             return []
         headers: Headers = headers_of(msg)
@@ -75,7 +80,7 @@ class DataflowRunner:
             text = exc.message if isinstance(exc, HeadraceError) else str(exc)
             self.on_error(msg, f"a batched answer on {topic} cannot be split: {text}")
             return []
-        futures: list[object] = []
+        futures: list[Forwarded] = []
         plain = [(n, v) for n, v in headers if n not in (BATCH_HEADER, t.REQUEST_ID_HEADER)]
         for (key, _), part in zip(members, values, strict=True):
             request_id = (t.split_key(key) or ("", "", ""))[2]
@@ -85,9 +90,9 @@ class DataflowRunner:
 
     def _forward(
         self, msg: Record, routes: list[StepRoute], key: bytes, headers: Headers, value: bytes
-    ) -> list[object]:
+    ) -> list[Forwarded]:
         partition = t.partition_of(key, self.partitions)
-        futures: list[object] = []
+        futures: list[Forwarded] = []
         for route in routes:
             if not t.pipeline_matches(headers, route.gate or route.pipeline):  # type: ignore[arg-type]
                 continue
@@ -103,22 +108,30 @@ class DataflowRunner:
             rnd = before = 0
             if route.max_visits:  # a cyclic pipeline: count the request's entries into the step
                 rnd, before, out_headers = enter(out_headers, route.step)
+            name = route.pipeline
             if route.join is not None:
-                futures.append(self.joiner.offer(route.join, route.join_index, key, out_headers, out, rnd))
+                offer = self.joiner.offer(route.join, route.join_index, key, out_headers, out, rnd)
+                futures.append((name, offer, not offer.done()))
             elif route.batch is not None:
-                futures.append(self.batcher.offer(route.batch, key, out_headers, out))
+                futures.append((name, self.batcher.offer(route.batch, key, out_headers, out), False))
             elif route.max_visits and before >= route.max_visits:
-                futures.append(
-                    self._too_many_visits(route.pipeline, route.step, route.max_visits, key, out_headers)
-                )
+                fail = self._too_many_visits(route.pipeline, route.step, route.max_visits, key, out_headers)
+                futures.append((name, fail, False))
             else:
-                futures.append(self.producer.produce(route.sink_topic, partition, key, out, out_headers))
+                write = self.producer.produce(route.sink_topic, partition, key, out, out_headers)
+                futures.append((name, write, False))
         return futures
 
     def close(self) -> None:
         """Drop open joins (their source records stay uncommitted: a successor rebuilds them)."""
         self.joiner.close()
         self.batcher.close()
+
+    def release(self, pipeline: str, partition: int) -> None:
+        """A pipeline's partition goes to another worker: its partial batches are written now and
+        its open joins dropped (the new owner rebuilds them from the records handed to it)."""
+        self.batcher.flush_pipeline(pipeline)
+        self.joiner.abandon(pipeline, lambda key: t.partition_of(key, self.partitions) == partition)
 
     def _emit_join(
         self, spec: JoinSpec, key: bytes, headers: Headers, value: bytes, rnd: int

@@ -10,6 +10,7 @@ import asyncio
 import itertools
 import logging
 import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 from headrace.config.errors import ErrorKind, HeadraceError
@@ -45,7 +46,6 @@ class PipelineGateway:
         self,
         topics: t.Topics,
         producer: Writer,
-        partitions: list[int],
         busy: Writer | None = None,
         busy_calls: int = 0,
     ) -> None:
@@ -55,12 +55,11 @@ class PipelineGateway:
         # lingers: under load the broker gets fewer, larger requests)
         self.busy = busy
         self.busy_calls = busy_calls
-        self.partitions = partitions
-        self._turn = itertools.cycle(partitions)
-        self._partition = next(self._turn)
-        self._switch_at = 0.0
-        # key -> (the topic the answer comes on, the caller's future)
-        self.pending: dict[bytes, tuple[str, asyncio.Future[Record]]] = {}
+        # per target: the partitions this worker serves it on, the turn over them, the one in use
+        # and until when
+        self._sticky: dict[Target, tuple[tuple[int, ...], Iterator[int], int, float]] = {}
+        # key -> (the topic the answer comes on, its partition, the caller's future)
+        self.pending: dict[bytes, tuple[str, int, asyncio.Future[Record]]] = {}
 
     def reply_topics(self, targets: list[Target]) -> set[str]:
         out = {self.topics.errors}
@@ -85,22 +84,44 @@ class PipelineGateway:
         if topic != entry[0] and topic != self.topics.errors:
             return
         del self.pending[key]
-        if not entry[1].done():
-            entry[1].set_result(msg)
+        if not entry[2].done():
+            entry[2].set_result(msg)
 
-    def _sticky_partition(self) -> int:
-        """One of this worker's partitions, kept for STICKY_S before moving to the next (Kafka's sticky
-        partitioner, by time): the records of requests close in time share partitions, so the broker
-        gets fewer, larger batches (3-step chain peak +20% over a new partition per request)."""
+    def awaited(self) -> set[tuple[str, int]]:
+        """(topic, partition) of the answers callers still wait for (and the errors topic's)."""
+        out: set[tuple[str, int]] = set()
+        for topic, partition, _ in self.pending.values():
+            out.add((topic, partition))
+            out.add((self.topics.errors, partition))
+        return out
+
+    def _sticky_partition(self, target: Target, partitions: tuple[int, ...]) -> int:
+        """One of the partitions this worker serves the target on, kept for STICKY_S before moving to
+        the next (Kafka's sticky partitioner, by time): the records of requests close in time share
+        partitions, so the broker gets fewer, larger batches (3-step chain peak +20% over a new
+        partition per request)."""
         now = asyncio.get_running_loop().time()
-        if now >= self._switch_at:
-            self._partition = next(self._turn)
-            self._switch_at = now + STICKY_S
-        return self._partition
+        entry = self._sticky.get(target)
+        if entry is None or entry[0] != partitions:
+            turn = itertools.cycle(partitions)
+            entry = (partitions, turn, next(turn), now + STICKY_S)
+        elif now >= entry[3]:
+            entry = (partitions, entry[1], next(entry[1]), now + STICKY_S)
+        self._sticky[target] = entry
+        return entry[2]
 
-    async def call(self, target: Target, request: InferRequest, headers: Headers, timeout: float) -> Reply:
+    async def call(
+        self,
+        target: Target,
+        request: InferRequest,
+        headers: Headers,
+        timeout: float,
+        partitions: tuple[int, ...],
+    ) -> Reply:
+        """Write the request to one of ``partitions`` (those this worker serves the target on) and
+        wait for its answer."""
         request_id = request.id or _header(headers, t.REQUEST_ID_HEADER) or uuid.uuid4().hex
-        partition = self._sticky_partition()
+        partition = self._sticky_partition(target, partitions)
         key_text = t.make_key(partition, target.name, request_id)
         key = key_text.encode()
         if target.kind == t.PIPELINE:
@@ -119,7 +140,7 @@ class PipelineGateway:
         fut: asyncio.Future[Record] = loop.create_future()
         if key in self.pending:
             raise HeadraceError(f"request id {request_id!r} is already in flight", ErrorKind.CONFLICT)
-        self.pending[key] = (reply_topic, fut)
+        self.pending[key] = (reply_topic, partition, fut)
         try:
             try:
                 busy = self.busy is not None and len(self.pending) >= self.busy_calls
@@ -157,11 +178,11 @@ class PipelineGateway:
     def fail(self, key: bytes, reason: str, kind: ErrorKind = ErrorKind.UNAVAILABLE) -> None:
         """Answer the caller waiting for ``key`` (if any) with an error."""
         entry = self.pending.pop(key, None)
-        if entry is not None and not entry[1].done():
-            entry[1].set_exception(HeadraceError(reason, kind))
+        if entry is not None and not entry[2].done():
+            entry[2].set_exception(HeadraceError(reason, kind))
 
     def fail_all(self, reason: str) -> None:
-        for _, fut in self.pending.values():
+        for _, _, fut in self.pending.values():
             if not fut.done():
                 fut.set_exception(HeadraceError(reason, ErrorKind.UNAVAILABLE))
         self.pending.clear()

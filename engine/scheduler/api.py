@@ -57,6 +57,10 @@ def _manifests_from_body(body: bytes) -> list[ModelManifest]:
     return [m for m in manifests if isinstance(m, ModelManifest)]
 
 
+class ShardingChange(msgspec.Struct, frozen=True, kw_only=True, rename="camel", forbid_unknown_fields=True):
+    max_shard_count_multiplier: int | None = None
+
+
 class ControlApi:
     """Routes requests to the state; every handler returns a msgspec-encodable value."""
 
@@ -72,6 +76,8 @@ class ControlApi:
             ("GET", re.compile(r"/v1/pipelines"), self.list_pipelines),
             ("GET", re.compile(rf"/v1/pipelines/{_NAME}"), self.pipeline),
             ("DELETE", re.compile(rf"/v1/pipelines/{_NAME}"), self.unload_pipeline),
+            ("GET", re.compile(r"/v1/sharding"), self.sharding),
+            ("PUT", re.compile(r"/v1/sharding"), self.set_sharding),
             ("GET", re.compile(r"/v1/servers"), self.list_servers),
             ("GET", re.compile(rf"/v1/servers/{_NAME}"), self.server),
             ("GET", re.compile(r"/v1/internal/routes"), self.routes_poll),
@@ -133,6 +139,17 @@ class ControlApi:
 
     def unload_pipeline(self, name: str, **_: Any) -> Any:
         return self.state.unload_pipeline(name)
+
+    def sharding(self, **_: Any) -> Any:
+        return self.state.sharding_status()
+
+    def set_sharding(self, *, body: bytes, **_: Any) -> Any:
+        """``{"maxShardCountMultiplier": N}`` (0: the partitions): units move at once."""
+        change = msgspec.json.decode(body or b"{}", type=ShardingChange)
+        if change.max_shard_count_multiplier is None:
+            raise HttpError(400, "give maxShardCountMultiplier")
+        self.state.set_multiplier(change.max_shard_count_multiplier)
+        return self.state.sharding_status()
 
     def list_servers(self, **_: Any) -> Any:
         return {"servers": self.state.server_statuses()}

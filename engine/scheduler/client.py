@@ -11,7 +11,7 @@ from urllib.parse import quote
 import msgspec
 
 from headrace.config.errors import ErrorKind, HeadraceError
-from headrace.engine.scheduler.status import ModelStatus, PipelineStatus, ServerStatus
+from headrace.engine.scheduler.status import ModelStatus, PipelineStatus, ServerStatus, ShardingStatus
 from headrace.gateway.control import RoutingTable, ServerDesired, ServerReport, WorkerReport
 
 DEFAULT_CONTROL_URL = "http://127.0.0.1:9004"
@@ -123,6 +123,13 @@ class ControlClient:
 
     def list_pipelines(self) -> list[PipelineStatus]:
         return self._get("/v1/pipelines", _Pipelines).pipelines
+
+    def sharding(self) -> ShardingStatus:
+        return self._get("/v1/sharding", ShardingStatus)
+
+    def set_multiplier(self, multiplier: int) -> ShardingStatus:
+        body = msgspec.json.encode({"maxShardCountMultiplier": multiplier})
+        return msgspec.json.decode(self.request("PUT", "/v1/sharding", body), type=ShardingStatus)
 
     def list_servers(self) -> list[ServerStatus]:
         return self._get("/v1/servers", _Servers).servers

@@ -27,6 +27,7 @@ from headrace.engine.scheduler.pipelines import parse_pipeline_docs
 from headrace.engine.scheduler.state import SchedulerState
 from headrace.engine.scheduler.store import Store
 from headrace.engine.scheduler.topic_manager import TopicManager
+from headrace.engine.sharding import ShardingConfig
 from headrace.engine.topics import Topics
 
 log = logging.getLogger("headrace.scheduler")
@@ -90,6 +91,13 @@ def run(settings: Settings, stop: threading.Event | None = None) -> None:
         settings.server_memory_bytes,
         topics=topics,
         pipeline_timeout_s=settings.pipeline_timeout_s,
+        sharding=ShardingConfig(
+            partitions=settings.partitions,
+            multiplier=settings.max_shard_count_multiplier,
+            epsilon=settings.sharding_epsilon,
+            max_consumers=settings.modelgateway_max_num_consumers,
+        ),
+        instance=settings.instance_id or "local",
     )
     topic_manager = TopicManager(state, TopicAdmin(settings), stop)
     try:

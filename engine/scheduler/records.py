@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 
 from headrace.config.errors import ConfigError
 from headrace.config.manifests import ModelManifest, ServerManifest, detect_runtime
-from headrace.gateway.control import LoadedModel, ModelSpec, ServerDesired
+from headrace.gateway.control import LoadedModel, ModelSpec, ServerDesired, WorkerAddr
 
 LOADED = "Loaded"
 LOAD_FAILED = "LoadFailed"
@@ -34,6 +34,8 @@ class Server:
 
 @dataclass
 class Worker:
+    id: str  # "<instance>/<index>"
+    instance: str
     index: int
     pid: int = 0
     last_seen: float = 0.0
@@ -41,6 +43,10 @@ class Worker:
     inline: dict[str, LoadedModel] = field(default_factory=dict)
     pipelines: dict[str, int] = field(default_factory=dict)  # name -> version it runs
     pipeline_errors: dict[str, str] = field(default_factory=dict)
+    held: dict[str, str] = field(default_factory=dict)  # unit -> "active" | "draining"
+    leaving: bool = False
+    forward: WorkerAddr | None = None
+    released: dict[str, list[tuple[str, int, int]]] = field(default_factory=dict)
 
 
 @dataclass

@@ -18,13 +18,27 @@ from headrace.engine.scheduler.placement import ModelRequest, ReplicaView, Serve
 from headrace.engine.scheduler.records import Model, Replica, Server, Worker, is_placed, make_spec
 from headrace.engine.scheduler.store import ModelRow, PipelineRow, Store, StoredPlacement
 from headrace.engine.scheduler.topic_plan import TopicBook, TopicPlan
+from headrace.engine.scheduler.units import UnitBook
 from headrace.engine.scheduler.views import STALE_S, Views
+from headrace.engine.sharding import (
+    MODEL_GATEWAY,
+    PIPELINE,
+    ShardingConfig,
+    dataflow_replicas,
+    load_cap,
+    model_gateway_replicas,
+    pipeline_gateway_replicas,
+    slot_of,
+)
 from headrace.engine.topics import Topics
 from headrace.gateway.control import (
     ModelSpec,
     RoutingTable,
     ServerDesired,
     ServerReport,
+    ShardingInfo,
+    UnitRoute,
+    WorkerAddr,
     WorkerReport,
 )
 
@@ -32,6 +46,10 @@ log = logging.getLogger("headrace.scheduler")
 
 SYNC_TIMEOUT_S = 5.0  # after a restart, wait this long at most for every replica to report
 DEFAULT_PIPELINE_TIMEOUT_S = 60.0
+# A worker silent this long is gone: its units are placed on the others (a worker restarted by its
+# supervisor comes back within a second under the same id and keeps them).
+WORKER_GONE_S = 10.0
+MULTIPLIER_SETTING = "maxShardCountMultiplier"
 
 
 class SchedulerState:
@@ -47,6 +65,8 @@ class SchedulerState:
         *,
         topics: Topics | None = None,
         pipeline_timeout_s: float = DEFAULT_PIPELINE_TIMEOUT_S,
+        sharding: ShardingConfig | None = None,
+        instance: str = "local",
     ) -> None:
         self._store = store
         self._clock = clock
@@ -61,12 +81,27 @@ class SchedulerState:
             ]
             self.servers[manifest.name] = Server(manifest, replicas)
         self.models: dict[str, Model] = {}
-        self.workers: dict[int, Worker] = {}
+        self.workers: dict[str, Worker] = {}
+        self.instance = instance  # workers reporting no instance are this scheduler's own
+        config = sharding or ShardingConfig(partitions=8)
+        stored = store.setting(MULTIPLIER_SETTING)
+        if isinstance(stored, int):
+            config = ShardingConfig(
+                config.partitions, stored, config.epsilon, config.max_consumers, config.vnodes
+            )
+        self.units = UnitBook(store, config)
         self.views = Views(self.models, self.servers, self.workers, clock)
+        self.views.units = self.units
         self.pipelines: dict[str, Pipeline] = {}
         self.topic_book = TopicBook(topics or Topics(), store)
         self.pipeline_views = PipelineViews(
-            self.views, self.workers, self.topic_book.topics, self.topic_book.view, pipeline_timeout_s, clock
+            self.views,
+            self.workers,
+            self.topic_book.topics,
+            self.topic_book.view,
+            pipeline_timeout_s,
+            clock,
+            self.units,
         )
         self._routes = RoutingTable(version=self._bump())
         self._started = clock()
@@ -176,8 +211,8 @@ class SchedulerState:
     def _publish(self) -> None:
         """Recompute desired sets and routes; bump versions that changed; wake long-polls."""
         now = self._clock()
-        for index in [i for i, w in self.workers.items() if now - w.last_seen >= STALE_S]:
-            del self.workers[index]  # gone (fewer workers after a restart): stop counting it
+        for wid in [i for i, w in self.workers.items() if now - w.last_seen >= STALE_S]:
+            del self.workers[wid]  # gone (fewer workers after a restart): stop counting it
         for name in [n for n, m in self.models.items() if m.terminating and not self.views.holders(n)]:
             del self.models[name]
         for name in [
@@ -201,10 +236,134 @@ class SchedulerState:
             for name, p in sorted(self.pipelines.items())
             if not p.terminating
         }
-        if routes != self._routes.models or pipelines != self._routes.pipelines:
-            self._routes = RoutingTable(version=self._bump(), models=routes, pipelines=pipelines)
+        units, addrs = self._units_routes(now)
+        sharding = ShardingInfo(
+            partitions=self.units.config.partitions,
+            shards=self.units.config.shards,
+            max_consumers=self.units.config.max_consumers,
+        )
+        table = self._routes
+        if (
+            routes != table.models
+            or pipelines != table.pipelines
+            or units != table.units
+            or addrs != table.workers
+            or sharding != table.sharding
+        ):
+            self._routes = RoutingTable(
+                version=self._bump(),
+                models=routes,
+                pipelines=pipelines,
+                units=units,
+                workers=addrs,
+                sharding=sharding,
+            )
         self.topic_book.replan(self.models, self.pipelines)
         self._cond.notify_all()
+
+    def placement_workers(self, now: float | None = None) -> list[str]:
+        """Workers units may be placed on: reporting, and not leaving."""
+        now = self._clock() if now is None else now
+        return sorted(
+            w.id for w in self.workers.values() if now - w.last_seen < WORKER_GONE_S and not w.leaving
+        )
+
+    def _units_routes(self, now: float) -> tuple[dict[str, UnitRoute], dict[str, WorkerAddr]]:
+        """Replan the units (once the scheduler is synced after a restart), then every unit's route
+        given what the live workers hold, and where each live worker takes forwarded requests."""
+        live = {w.id: w for w in self.workers.values() if now - w.last_seen < WORKER_GONE_S}
+        if self.synced:
+            pipelines = [n for n, p in self.pipelines.items() if not p.terminating]
+            slots = {
+                slot_of(n, self.units.config.max_consumers)
+                for n, m in self.models.items()
+                if not m.terminating
+            }
+            if self.units.replan(self.placement_workers(now), pipelines, slots):
+                log.info("units placed: %d units on %d workers", len(self.units.target), len(live))
+        units = self.units.routes(
+            {wid: w.held for wid, w in live.items()}, {wid: w.released for wid, w in live.items()}
+        )
+        addrs = {wid: w.forward for wid, w in sorted(live.items()) if w.forward is not None}
+        return units, addrs
+
+    def sharding_status(self) -> st.ShardingStatus:
+        """Where the units are: per worker, and the replicas each role uses against Seldon's formulas."""
+        with self._cond:
+            now = self._clock()
+            config = self.units.config
+            live = {w.id: w for w in self.workers.values() if now - w.last_seen < WORKER_GONE_S}
+            placed: dict[str, int] = {}
+            for worker in self.units.target.values():
+                placed[worker] = placed.get(worker, 0) + 1
+            pipelines = [n for n, p in self.pipelines.items() if not p.terminating]
+            models = [n for n, m in self.models.items() if not m.terminating]
+            routes = self._routes.units
+            moving = sum(1 for r in routes.values() if r.waiting)
+            replicas = len(self.placement_workers(now))
+            shards = min(config.shards, max(1, replicas))
+            used = {
+                kind: len({w for u, w in self.units.target.items() if u.kind == kind})
+                for kind in (PIPELINE, MODEL_GATEWAY)
+            }
+            rows = [
+                st.ShardWorker(
+                    worker=wid,
+                    instance=w.instance,
+                    index=w.index,
+                    units=placed.get(wid, 0),
+                    active=sum(1 for s in w.held.values() if s == "active"),
+                    draining=sum(1 for s in w.held.values() if s == "draining"),
+                    leaving=w.leaving,
+                )
+                for wid, w in sorted(live.items())
+            ]
+            return st.ShardingStatus(
+                partitions=config.partitions,
+                max_shard_count_multiplier=config.multiplier,
+                shards=config.shards,
+                epsilon=config.epsilon,
+                max_num_consumers=config.max_consumers,
+                load_cap=load_cap(
+                    config,
+                    max(1, replicas),
+                    len(pipelines) + len({slot_of(m, config.max_consumers) for m in models}),
+                ),
+                units=len(self.units.target),
+                moving=moving,
+                moves=self.units.moves,
+                pipelines=len(pipelines),
+                models=len(models),
+                dataflow=st.RoleReplicas(
+                    formula=dataflow_replicas(replicas, len(pipelines), shards), used=used[PIPELINE]
+                ),
+                model_gateway=st.RoleReplicas(
+                    formula=model_gateway_replicas(replicas, len(models), config.max_consumers, shards),
+                    used=used[MODEL_GATEWAY],
+                ),
+                pipeline_gateway=st.RoleReplicas(
+                    formula=pipeline_gateway_replicas(replicas, len(pipelines), config.max_consumers, shards),
+                    used=used[PIPELINE],
+                ),
+                workers=rows,
+            )
+
+    def set_multiplier(self, multiplier: int) -> ShardingConfig:
+        """Change maxShardCountMultiplier at run time (0: the partitions); units move at once."""
+        if multiplier < 0:
+            raise ConfigError(f"maxShardCountMultiplier must be 0 or more, not {multiplier}")
+        with self._cond:
+            self._check_open()
+            c = self.units.config
+            self.units.set_config(
+                ShardingConfig(c.partitions, multiplier, c.epsilon, c.max_consumers, c.vnodes)
+            )
+            self._store.put_setting(MULTIPLIER_SETTING, multiplier)
+            log.info(
+                "maxShardCountMultiplier %d (%d workers per resource)", multiplier, self.units.config.shards
+            )
+            self._publish()
+            return self.units.config
 
     # --------------------------------------------------------------------------------- commands
 
@@ -281,8 +440,14 @@ class SchedulerState:
             self._check_open()
             if report.index < 0:
                 raise HeadraceError(f"worker index {report.index} is negative", ErrorKind.INVALID_ARGUMENT)
-            worker = self.workers.setdefault(report.index, Worker(report.index))
+            instance = report.instance or self.instance
+            wid = f"{instance}/{report.index}"
+            worker = self.workers.setdefault(wid, Worker(wid, instance, report.index))
             worker.pid, worker.routes_version = report.pid, report.routes_version
+            worker.held = dict(report.held)
+            worker.leaving = report.leaving
+            worker.forward = report.forward
+            worker.released = {u: list(rs) for u, rs in report.released.items()}
             worker.inline = {m.name: m for m in report.inline}
             worker.pipelines = dict(report.pipelines)
             worker.pipeline_errors = {n: e for n, e in report.pipeline_errors.items() if e}

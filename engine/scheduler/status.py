@@ -12,6 +12,7 @@ SCHEDULE_FAILED = "ScheduleFailed"
 TERMINATING = "ModelTerminating"
 TERMINATED = "ModelTerminated"
 MODEL_READY = "ModelReady"
+MODEL_GW = "ModelGw"  # the model gateway serves the model's topics (all its slot's partitions)
 
 
 class Condition(msgspec.Struct, frozen=True, kw_only=True, rename="camel"):
@@ -83,6 +84,7 @@ class ServerStatus(msgspec.Struct, frozen=True, kw_only=True, rename="camel"):
 PIPELINE_CREATING = "PipelineCreating"
 PIPELINE_READY = "PipelineReady"
 PIPELINE_FAILED = "PipelineFailed"
+PIPELINE_REBALANCING = "PipelineRebalancing"
 PIPELINE_TERMINATING = "PipelineTerminating"
 PIPELINE_TERMINATED = "PipelineTerminated"
 MODELS_READY = "ModelsReady"
@@ -99,8 +101,12 @@ class PipelineWorker(msgspec.Struct, frozen=True, kw_only=True, rename="camel"):
     """What one worker (dataflow engine and pipeline gateway at once) says about the pipeline."""
 
     index: int
+    worker: str = ""  # "<instance>/<index>"
     version: int = 0  # the version it runs, 0 for none
     error: str = ""
+    partitions: list[int] = []  # the pipeline's partitions sharding gives this worker
+    active: list[int] = []  # those it holds and serves
+    draining: list[int] = []  # those it is handing over to their new owner
 
 
 class PipelineStatus(msgspec.Struct, frozen=True, kw_only=True, rename="camel"):
@@ -115,7 +121,43 @@ class PipelineStatus(msgspec.Struct, frozen=True, kw_only=True, rename="camel"):
     timeout_s: float = 0.0
     conditions: list[Condition] = []
     workers: list[PipelineWorker] = []
+    workers_used: int = 0  # distinct workers the pipeline's units are placed on
     updated_at: float = 0.0
 
     def condition(self, type_: str) -> Condition | None:
         return next((c for c in self.conditions if c.type == type_), None)
+
+
+class RoleReplicas(msgspec.Struct, frozen=True, kw_only=True, rename="camel"):
+    """One role's replica count: Seldon's formula, and the workers the placement really uses."""
+
+    formula: int
+    used: int
+
+
+class ShardWorker(msgspec.Struct, frozen=True, kw_only=True, rename="camel"):
+    worker: str
+    instance: str
+    index: int
+    units: int  # units placed on it
+    active: int  # units it reports it serves
+    draining: int
+    leaving: bool = False
+
+
+class ShardingStatus(msgspec.Struct, frozen=True, kw_only=True, rename="camel"):
+    partitions: int
+    max_shard_count_multiplier: int  # as configured (0: the partitions)
+    shards: int  # workers one pipeline or model slot is spread over at most
+    epsilon: float
+    max_num_consumers: int
+    load_cap: int  # no worker holds more units than this
+    units: int
+    moving: int  # units still held by a worker other than their target
+    moves: int  # units whose target changed since the scheduler started
+    pipelines: int
+    models: int
+    dataflow: RoleReplicas
+    model_gateway: RoleReplicas
+    pipeline_gateway: RoleReplicas
+    workers: list[ShardWorker] = []

@@ -1,4 +1,5 @@
-"""Durable scheduler state in SQLite (WAL): models, pipelines, their generations/versions, topic deletes."""
+"""Durable scheduler state in SQLite (WAL): models, pipelines, their generations/versions, topic deletes,
+the units' placement, the workers known to the cluster and settings changed at run time."""
 
 from __future__ import annotations
 
@@ -43,6 +44,20 @@ CREATE TABLE IF NOT EXISTS pipeline_versions (
 CREATE TABLE IF NOT EXISTS topic_deletes (
     topic TEXT PRIMARY KEY,
     owner TEXT NOT NULL
+);
+-- Sharding: the worker each unit ("pipeline:<p>:<partition>", "modelgw:<slot>:<partition>") goes to.
+CREATE TABLE IF NOT EXISTS units (
+    unit TEXT PRIMARY KEY,
+    worker TEXT NOT NULL
+);
+-- Workers that joined and did not leave: after a restart the scheduler waits for them to come back.
+CREATE TABLE IF NOT EXISTS known_workers (
+    worker TEXT PRIMARY KEY
+);
+-- Settings changed through the control API (e.g. maxShardCountMultiplier), as JSON values.
+CREATE TABLE IF NOT EXISTS settings (
+    name TEXT PRIMARY KEY,
+    value TEXT NOT NULL
 );
 """
 
@@ -205,6 +220,41 @@ class Store:
             return
         with self._tx() as db:
             db.executemany("DELETE FROM topic_deletes WHERE topic = ?", [(t,) for t in sorted(topics)])
+
+    # ------------------------------------------------------------------------------ sharding
+
+    def units(self) -> dict[str, str]:
+        with self._lock:
+            rows = self._db.execute("SELECT unit, worker FROM units").fetchall()
+        return {str(u): str(w) for u, w in rows}
+
+    def put_units(self, placement: dict[str, str]) -> None:
+        """Replace the stored placement with this one."""
+        with self._tx() as db:
+            db.execute("DELETE FROM units")
+            db.executemany("INSERT INTO units (unit, worker) VALUES (?, ?)", sorted(placement.items()))
+
+    def known_workers(self) -> set[str]:
+        with self._lock:
+            rows = self._db.execute("SELECT worker FROM known_workers").fetchall()
+        return {str(w) for (w,) in rows}
+
+    def set_known_workers(self, workers: set[str]) -> None:
+        with self._tx() as db:
+            db.execute("DELETE FROM known_workers")
+            db.executemany("INSERT INTO known_workers (worker) VALUES (?)", [(w,) for w in sorted(workers)])
+
+    def setting(self, name: str) -> object | None:
+        with self._lock:
+            row = self._db.execute("SELECT value FROM settings WHERE name = ?", (name,)).fetchone()
+        return msgspec.json.decode(row[0]) if row else None
+
+    def put_setting(self, name: str, value: object) -> None:
+        with self._tx() as db:
+            db.execute(
+                "INSERT OR REPLACE INTO settings (name, value) VALUES (?, ?)",
+                (name, msgspec.json.encode(value).decode()),
+            )
 
     def close(self) -> None:
         with self._lock:

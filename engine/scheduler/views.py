@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from headrace.engine.scheduler import status as st
 from headrace.engine.scheduler.records import (
@@ -14,7 +15,11 @@ from headrace.engine.scheduler.records import (
     is_placed,
     placed_replicas,
 )
+from headrace.engine.sharding import MODEL_GATEWAY, slot_of
 from headrace.gateway.control import LoadedModel, ModelRoute, ReplicaAddr
+
+if TYPE_CHECKING:
+    from headrace.engine.scheduler.units import UnitBook
 
 CONNECTED_S = 5.0  # a replica or worker that reported within this is "connected"
 STALE_S = 30.0  # a replica or worker silent this long no longer holds models up (workers are dropped)
@@ -27,13 +32,14 @@ class Views:
         self,
         models: dict[str, Model],
         servers: dict[str, Server],
-        workers: dict[int, Worker],
+        workers: dict[str, Worker],
         clock: Callable[[], float],
     ) -> None:
         self.models = models
         self.servers = servers
         self.workers = workers
         self._clock = clock
+        self.units: UnitBook | None = None  # set by the state: the model gateway's units
 
     def connected(self, last_seen: float | None) -> bool:
         return last_seen is not None and self._clock() - last_seen < CONNECTED_S
@@ -47,7 +53,7 @@ class Views:
         reports: list[LoadedModel] = []
         addrs: list[ReplicaAddr] = []
         if model.spec.inline:
-            for worker in sorted(self.workers.values(), key=lambda w: w.index):
+            for worker in sorted(self.workers.values(), key=lambda w: (w.instance, w.index)):
                 report = worker.inline.get(model.name)
                 if report is not None and self._loaded_here(model, report):
                     reports.append(report)
@@ -107,15 +113,36 @@ class Views:
             requirements=list(m.requirements),
             conditions=[
                 st.Condition(type=st.MODEL_READY, status=str(ready), reason=state, message=message),
+                self._gateway_condition(model),
             ],
             placement=placement,
             updated_at=model.updated_at,
         )
 
+    def _gateway_condition(self, model: Model) -> st.Condition:
+        """ModelGw: the model gateway serves the model's topics on every partition (its slot's units
+        held by their owners). Not needed for direct calls; pipelines and the async path use it."""
+        if self.units is None or model.terminating:
+            return st.Condition(type=st.MODEL_GW, status="False", reason="", message="")
+        slot = str(slot_of(model.name, self.units.config.max_consumers))
+        owners = self.units.units_of(MODEL_GATEWAY, slot)
+        now = self._clock()
+        ready = 0
+        for partition, owner in owners.items():
+            worker = self.workers.get(owner)
+            key = f"{MODEL_GATEWAY}:{slot}:{partition}"
+            if worker is not None and now - worker.last_seen < STALE_S and worker.held.get(key) == "active":
+                ready += 1
+        ok = bool(owners) and ready == len(owners)
+        message = f"{ready}/{len(owners)} ready" if owners else "no workers yet"
+        return st.Condition(
+            type=st.MODEL_GW, status=str(ok), reason="ModelGwReady" if ok else "", message=message
+        )
+
     def _model_state(self, model: Model) -> tuple[list[st.ReplicaPlacement], str, str]:
         placement: list[st.ReplicaPlacement] = []
         if model.manifest.inline:
-            for worker in sorted(self.workers.values(), key=lambda w: w.index):
+            for worker in sorted(self.workers.values(), key=lambda w: (w.instance, w.index)):
                 placement.append(
                     self._placement("inline", worker.index, model, worker.inline.get(model.name), True)
                 )

@@ -78,12 +78,13 @@ def serve(
 
 def _register_control_commands() -> None:
     try:
-        from headrace.control_cli import model, pipeline, server
+        from headrace.control_cli import model, pipeline, server, sharding
     except ImportError:  # pragma: no cover - during development only
         return
     cli.add_command(model)
     cli.add_command(pipeline)
     cli.add_command(server)
+    cli.add_command(sharding)
 
 
 _register_control_commands()

@@ -396,10 +396,22 @@ def _pipeline_detail(s: st.PipelineStatus) -> None:
     if missing:
         console.print(f"missing topics: {', '.join(missing)}")
     if s.workers:
-        table = Table("WORKER", "VERSION", "ERROR", box=None)
+        console.print(f"runs on {s.workers_used} workers")
+        table = Table("WORKER", "VERSION", "PARTITIONS", "SERVING", "HANDING OVER", "ERROR", box=None)
         for w in s.workers:
-            table.add_row(str(w.index), str(w.version or "-"), w.error)
+            table.add_row(
+                w.worker or str(w.index),
+                str(w.version or "-"),
+                _partitions(w.partitions),
+                _partitions(w.active),
+                _partitions(w.draining),
+                w.error,
+            )
         console.print(table)
+
+
+def _partitions(partitions: list[int]) -> str:
+    return ",".join(str(p) for p in partitions) or "-"
 
 
 def _show_pipelines(statuses: list[st.PipelineStatus], output: str) -> None:
@@ -656,3 +668,62 @@ def pipeline_replay(
         click.echo(f"{len(results)} replayed: {len(results) - differ} same, {differ} differ")
     if any(not r.same for r in results):
         sys.exit(1)
+
+
+@click.group()
+def sharding() -> None:
+    """Where pipelines and the model gateway's slots run: units on workers, and the multiplier."""
+
+
+def _sharding_detail(s: st.ShardingStatus) -> None:
+    console = _console()
+    multiplier = s.max_shard_count_multiplier or f"{s.partitions} (the partitions)"
+    console.print(
+        f"partitions {s.partitions}, maxShardCountMultiplier {multiplier}: each pipeline or model slot on at "
+        f"most {s.shards} workers; no worker above {s.load_cap} units (epsilon {s.epsilon:g})"
+    )
+    console.print(
+        f"{s.units} units ({s.pipelines} pipelines, {s.models} models), {s.moving} moving, "
+        f"{s.moves} moved since the scheduler started"
+    )
+    roles = Table("ROLE", "REPLICAS (SELDON'S FORMULA)", "WORKERS USED", box=None)
+    roles.add_row("dataflow", str(s.dataflow.formula), str(s.dataflow.used))
+    roles.add_row("pipeline gateway", str(s.pipeline_gateway.formula), str(s.pipeline_gateway.used))
+    roles.add_row("model gateway", str(s.model_gateway.formula), str(s.model_gateway.used))
+    console.print(roles)
+    table = Table("WORKER", "UNITS", "SERVING", "HANDING OVER", "LEAVING", box=None)
+    for w in s.workers:
+        table.add_row(w.worker, str(w.units), str(w.active), str(w.draining), "yes" if w.leaving else "")
+    console.print(table)
+
+
+@sharding.command("status")
+@control_option
+@output_option
+def sharding_status(control: str, output: str) -> None:
+    """The placement: workers, their units, and the replicas each role uses."""
+    status = _call(lambda: ControlClient(control).sharding())
+    if output == "json":
+        _echo_json(status)
+    else:
+        _sharding_detail(status)
+
+
+@sharding.command("set")
+@click.option(
+    "--max-shard-count-multiplier",
+    "multiplier",
+    type=click.IntRange(min=0),
+    required=True,
+    help="Workers one pipeline or model slot is spread over at most (0: the partitions).",
+)
+@control_option
+@output_option
+def sharding_set(multiplier: int, control: str, output: str) -> None:
+    """Change maxShardCountMultiplier at run time: units move to their new workers at once, each
+    handed over without losing a request."""
+    status = _call(lambda: ControlClient(control).set_multiplier(multiplier))
+    if output == "json":
+        _echo_json(status)
+    else:
+        _sharding_detail(status)

@@ -6,6 +6,11 @@ import functools
 import json
 import logging
 import os
+import secrets
+import socket
+from pathlib import Path
+
+import msgspec
 
 from headrace.config.manifests import servers_from_settings
 from headrace.config.settings import Settings
@@ -61,7 +66,27 @@ def build_specs(settings: Settings) -> list[ProcessSpec]:
     return specs
 
 
+def instance_id(settings: Settings) -> str:
+    """This instance's id in a cluster: the setting, else one made on the first start and kept in the
+    data dir (so a restarted instance is the same instance, and keeps its units)."""
+    if settings.instance_id:
+        return settings.instance_id
+    path = Path(settings.data_dir) / "instance-id"
+    try:
+        return path.read_text().strip() or _new_id(path)
+    except FileNotFoundError:
+        return _new_id(path)
+
+
+def _new_id(path: Path) -> str:
+    made = f"{socket.gethostname().split('.')[0] or 'headrace'}-{secrets.token_hex(3)}"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(made + "\n")
+    return made
+
+
 def run_service(settings: Settings) -> int:
+    settings = msgspec.structs.replace(settings, instance_id=instance_id(settings))
     settings.run_dir.mkdir(parents=True, exist_ok=True)
     cleanup_orphaned_shm()
     me = os.getpid()

@@ -3,17 +3,22 @@
 from __future__ import annotations
 
 import asyncio
+import faulthandler
 import logging
 import signal
+from typing import Any
 
 from headrace.config.logs import setup_logging
 from headrace.config.settings import Settings
+from headrace.engine.forwarding import ForwardClient, ForwardServer
+from headrace.engine.gateways.pipeline import Reply, Target
 from headrace.engine.kafka.config import admin_config
 from headrace.engine.kafka.watch import BrokerWatch
 from headrace.engine.node import DataNode, kafka_enabled
 from headrace.gateway.dataplane import DataPlane
 from headrace.gateway.frontdoor.http import ServerState, serve_http
 from headrace.gateway.frontdoor.rest import RestApp
+from headrace.gateway.oip.types import InferRequest
 from headrace.gateway.registry import ModelRegistry
 from headrace.gateway.routewatch import RouteWatcher
 from headrace.gateway.runtime.client import ServerPool
@@ -42,8 +47,9 @@ async def serve(settings: Settings, index: int) -> None:
         node_start = asyncio.ensure_future(node.start())
         dataplane.kafka = node
         registry.listeners.append(node.update)
-        watcher.pipelines = lambda: (dict(node.running), dict(node.errors))
+        watcher.node_report = node.report
         node.on_change = watcher.wake
+        forwards = await _forwarding(settings, loop, index, node, watcher)
     watcher.start()
 
     state = ServerState(RestApp(dataplane), settings.max_body_bytes, settings.keepalive_timeout_s)
@@ -65,6 +71,11 @@ async def serve(settings: Settings, index: int) -> None:
         loop.add_signal_handler(sig, stop.set)
     await stop.wait()
 
+    # Leave: hand this worker's units to the others first (calls meanwhile are forwarded to them).
+    if node is not None and node.started:
+        node.leaving = True
+        await loop.run_in_executor(None, watcher.report_now)
+        await node.leave(settings.grace_period_s)
     # Drain: stop accepting, answer what is in flight, then close.
     dataplane.draining = True
     readiness.check()
@@ -86,6 +97,8 @@ async def serve(settings: Settings, index: int) -> None:
         broker.stop()
     if node is not None:
         node_start.cancel()
+        forwards[0].close()
+        forwards[1].close()
         await loop.run_in_executor(None, node.close)
     pool.close()
     log.info("worker %d drained", index)
@@ -114,6 +127,26 @@ class Readiness:
             report_ready(*state)
 
 
+async def _forwarding(
+    settings: Settings, loop: asyncio.AbstractEventLoop, index: int, node: DataNode, watcher: RouteWatcher
+) -> tuple[ForwardServer, ForwardClient]:
+    """Calls for pipelines this worker serves no partition of go to a worker that does: the server
+    for those forwarded here, the client for those this worker forwards."""
+
+    async def answer(
+        target: Target, request: InferRequest, headers: list[tuple[str, Any]], timeout: float
+    ) -> Reply:
+        return await node.call(target, request, headers, forwarded=True, timeout=timeout)
+
+    server = ForwardServer(loop, answer)
+    port = settings.internal_port + index if settings.internal_port else 0
+    path = str(settings.run_dir / f"worker-{index}.sock")
+    watcher.forward = await server.start(settings.instance_id, path, settings.internal_host, port)
+    client = ForwardClient(loop, settings.instance_id, lambda peer: node.table.workers.get(peer))
+    node.forward = client
+    return server, client
+
+
 def _kafka_node(
     settings: Settings, loop: asyncio.AbstractEventLoop, index: int, dataplane: DataPlane
 ) -> DataNode | None:
@@ -127,5 +160,6 @@ def run(settings: Settings, index: int) -> None:
     """Entry of a worker child process."""
     import uvloop
 
+    faulthandler.enable()
     setup_logging(settings.log_level, f"worker {index}")
     uvloop.run(serve(settings, index))

@@ -90,10 +90,31 @@ def models_loaded(state: SchedulerState, *names: str) -> None:
 
 
 def worker(state: SchedulerState, index: int, errors: dict[str, str] | None = None, **pipelines: int) -> None:
-    report = WorkerReport(
-        index=index, pid=100 + index, routes_version=0, pipelines=pipelines, pipeline_errors=errors or {}
+    """Worker ``index`` reports, then serves the units the table gives it of the pipelines it runs."""
+    me = f"local/{index}"
+
+    def report(held: dict[str, str]) -> None:
+        state.report_worker(
+            WorkerReport(
+                index=index,
+                pid=100 + index,
+                routes_version=0,
+                pipelines=pipelines,
+                pipeline_errors=errors or {},
+                held=held,
+            )
+        )
+
+    known = state.workers.get(me)
+    report(dict(known.held) if known is not None else {})
+    units = state.routes().units
+    report(
+        {
+            u: "active"
+            for u, r in units.items()
+            if r.owner == me and not r.waiting and u.split(":")[:2] in (["pipeline", p] for p in pipelines)
+        }
     )
-    state.report_worker(report)
 
 
 def load(state: SchedulerState, text: str) -> list[st.PipelineStatus]:
@@ -165,19 +186,20 @@ def test_waits_for_models_then_topics_then_workers(tmp_path: Path, repo: Path, c
     worker(state, 0)
     worker(state, 1, p=1)
     status = state.pipeline_status("p")
-    assert (status.state, status.reason) == ("PipelineCreating", "1/2 workers run version 1")
-    assert conditions(status)["PipelineReady"] == ("False", "1/2 workers")
-    assert conditions(status)["PipelineGwReady"] == ("False", "1/2 workers")
-    assert [(w.index, w.version) for w in status.workers] == [(0, 0), (1, 1)]
+    assert (status.state, status.reason) == ("PipelineCreating", "4/8 units ready (version 1)")
+    assert conditions(status)["PipelineReady"] == ("False", "4/8 units ready")
+    assert conditions(status)["PipelineGwReady"] == ("False", "4/8 units ready")
+    assert [(w.index, w.version, len(w.partitions)) for w in status.workers] == [(0, 0, 4), (1, 1, 4)]
+    assert status.workers_used == 2
     routes_version = state.routes().version
     worker(state, 0, p=1)
     status = state.pipeline_status("p")
     assert (status.state, status.reason) == ("PipelineReady", "")
     assert conditions(status) == {
         "ModelsReady": ("True", "2/2 models available"),
-        "PipelineReady": ("True", "2/2 workers"),
-        "PipelineGwReady": ("True", "2/2 workers"),
-        "Ready": ("True", "2/2 workers"),
+        "PipelineReady": ("True", "8/8 units ready"),
+        "PipelineGwReady": ("True", "8/8 units ready"),
+        "Ready": ("True", "8/8 units ready"),
     }
     table = state.routes()
     assert table.version > routes_version and table.pipelines["p"].state == "PipelineReady"
@@ -196,8 +218,8 @@ def test_model_not_ready_again_and_worker_errors(tmp_path: Path, repo: Path, clo
 
     worker(state, 0, {"p": "cannot compile: boom"})
     status = state.pipeline_status("p")
-    assert (status.state, status.reason) == ("PipelineFailed", "worker 0: cannot compile: boom")
-    assert conditions(status)["PipelineReady"] == ("False", "worker 0: cannot compile: boom")
+    assert (status.state, status.reason) == ("PipelineFailed", "worker local/0: cannot compile: boom")
+    assert conditions(status)["PipelineReady"] == ("False", "worker local/0: cannot compile: boom")
     assert conditions(status)["Ready"][0] == "False"
     assert state.routes().pipelines["p"].state == "PipelineFailed"
     assert status.workers[0].error == "cannot compile: boom"

@@ -1,0 +1,138 @@
+"""What one worker holds: its units (taking, active, draining), the partitions each reads, and which
+records each handles.
+
+A unit reads its partitions from the offset its commit group holds (``reads``: the next offset it
+handles; records before it are skipped, so a partition rewound for another unit is not handled twice)
+and, while draining, only below its fence — the partitions' ends once everything this worker wrote
+to them was acknowledged. Records at or past the fence are its next owner's, which starts there.
+Records handed over in memory carry no offset: an active unit takes them, and so does a draining one
+until its fence is known (they are all below it).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+
+from headrace.engine.backbone.offsets import OffsetTracker
+from headrace.engine.sharding import Unit
+
+TP = tuple[str, int]
+
+TAKING = "taking"
+ACTIVE = "active"
+DRAINING = "draining"
+
+
+@dataclass(eq=False)
+class Held:
+    unit: Unit
+    group: str
+    state: str = TAKING
+    reads: dict[TP, int] = field(default_factory=dict)  # partition -> next offset to handle
+    replies: set[TP] = field(default_factory=set)  # partitions read for callers' answers (no group)
+    fence: dict[TP, int] | None = None  # while draining, once known
+    replay: set[tuple[str, int, int]] = field(default_factory=set)  # records below reads to handle again
+    parked: set[tuple[str, int, int]] = field(default_factory=set)  # records waiting in joins here
+    task: asyncio.Task[None] | None = None  # taking or draining it
+
+    def takes(self, tp: TP, offset: int) -> bool:
+        """Should this unit handle the record at ``offset`` of ``tp`` (Kafka's copy)? Advances reads."""
+        start = self.reads.get(tp)
+        if start is None:
+            return False
+        if offset < start:
+            key = (tp[0], tp[1], offset)
+            if key in self.replay:
+                self.replay.discard(key)
+                return True
+            return False
+        if self.fence is not None and offset >= self.fence.get(tp, 0):
+            return False
+        self.reads[tp] = offset + 1
+        return True
+
+    def takes_local(self) -> bool:
+        """Should this unit handle a record handed over in memory (offset not known yet)?"""
+        return self.state == ACTIVE or (self.state == DRAINING and self.fence is None)
+
+    def caught_up(self, trackers: dict[str, OffsetTracker]) -> bool:
+        """Draining: everything below the fence has been read and finished."""
+        if self.fence is None:
+            return False
+        tracker = trackers.get(self.group)
+        for tp, end in self.fence.items():
+            if self.reads.get(tp, end) < end:
+                return False
+            if tracker is not None and tracker.in_flight(tp):
+                return False
+        return True
+
+
+class Holdings:
+    """The units this worker holds, indexed by the partitions they read."""
+
+    def __init__(self) -> None:
+        self.units: dict[Unit, Held] = {}
+        self._readers: dict[TP, list[Held]] = {}
+        self._answers: dict[TP, list[Held]] = {}
+        self.trackers: dict[str, OffsetTracker] = {}
+
+    def __iter__(self) -> Iterator[Held]:
+        return iter(list(self.units.values()))
+
+    def get(self, unit: Unit) -> Held | None:
+        return self.units.get(unit)
+
+    def add(self, held: Held) -> None:
+        self.units[held.unit] = held
+        self.trackers.setdefault(held.group, OffsetTracker())
+
+    def remove(self, unit: Unit) -> Held | None:
+        held = self.units.pop(unit, None)
+        if held is not None:
+            self.reindex()
+        return held
+
+    def reindex(self) -> None:
+        readers: dict[TP, list[Held]] = {}
+        answers: dict[TP, list[Held]] = {}
+        for held in self.units.values():
+            for tp in held.reads:
+                readers.setdefault(tp, []).append(held)
+            for tp in held.replies:
+                answers.setdefault(tp, []).append(held)
+        self._readers = readers
+        self._answers = answers
+
+    def readers(self, tp: TP) -> list[Held]:
+        return self._readers.get(tp, [])
+
+    def reading(self) -> set[TP]:
+        """Every partition some held unit reads, for its group or for answers."""
+        out: set[TP] = set()
+        for held in self.units.values():
+            out |= set(held.reads) | held.replies
+        return out
+
+    def active(self, kind: str, name: str) -> list[int]:
+        """Partitions of a resource this worker serves now (new calls may use them)."""
+        return sorted(
+            h.unit.partition
+            for h in self.units.values()
+            if h.state == ACTIVE and h.unit.kind == kind and h.unit.name == name
+        )
+
+    def local(self, tp: TP) -> bool:
+        """A record written to ``tp`` is handed over in memory when an active unit reads it, for its
+        work or for its callers' answers."""
+        return any(h.state == ACTIVE for h in self._readers.get(tp, ())) or any(
+            h.state == ACTIVE for h in self._answers.get(tp, ())
+        )
+
+    def report(self) -> dict[str, str]:
+        return {str(h.unit): h.state for h in self.units.values() if h.state in (ACTIVE, DRAINING)}
+
+    def groups_of(self, units: Iterable[Held]) -> set[str]:
+        return {h.group for h in units}

@@ -1,0 +1,83 @@
+"""The units' book: where sharding puts every unit, who holds it now, and the handoffs in between.
+
+The target placement comes from ``engine.sharding.place`` (sticky to the one in force, kept in
+SQLite so a restarted scheduler moves nothing). A unit's route names its target owner and the
+workers that still hold it: the owner takes the unit only once they have drained and released it
+(drain-first handoff), so no record is handled by two workers at once.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable, Mapping
+
+from headrace.engine.scheduler.store import Store
+from headrace.engine.sharding import MODEL_GATEWAY, PIPELINE, ShardingConfig, Unit, place
+from headrace.gateway.control import UnitRoute
+
+log = logging.getLogger("headrace.scheduler")
+
+ACTIVE = "active"
+DRAINING = "draining"
+
+
+class UnitBook:
+    def __init__(self, store: Store, config: ShardingConfig) -> None:
+        self._store = store
+        self.config = config
+        self.target: dict[Unit, str] = {}
+        for text, worker in store.units().items():
+            try:
+                self.target[Unit.parse(text)] = worker
+            except ValueError:
+                log.warning("stored unit %r cannot be read, dropping it", text)
+        self.moves = 0  # units whose target owner changed since start (for status and benchmarks)
+
+    def replan(self, workers: Iterable[str], pipelines: Iterable[str], slots: Iterable[int]) -> bool:
+        """Place every unit of these pipelines and model-gateway slots on these workers (sticky to the
+        placement in force); True when any unit's target changed. With no worker to place on, the
+        placement in force stays (a cluster restarting, or every worker stopping)."""
+        pool = sorted(set(workers))
+        if not pool:
+            return False
+        resources = [(PIPELINE, p) for p in pipelines] + [(MODEL_GATEWAY, str(s)) for s in slots]
+        new = place(pool, resources, self.config, previous=self.target)
+        if new == self.target:
+            return False
+        self.moves += sum(1 for unit, worker in new.items() if self.target.get(unit, worker) != worker)
+        self.target = new
+        self._store.put_units({str(u): w for u, w in new.items()})
+        return True
+
+    def set_config(self, config: ShardingConfig) -> None:
+        self.config = config
+
+    def routes(
+        self,
+        held: Mapping[str, Mapping[str, str]],
+        released: Mapping[str, Mapping[str, list[tuple[str, int, int]]]] | None = None,
+    ) -> dict[str, UnitRoute]:
+        """Each unit's route, given what live workers hold (worker -> unit -> state) and what they
+        handed over with records still waiting in joins (worker -> unit -> records). A worker holding
+        a unit it is not the target of is waited for; a unit held by nobody else goes to its owner,
+        with the records to handle again."""
+        holders: dict[str, list[str]] = {}
+        for worker, units in held.items():
+            for unit in units:
+                holders.setdefault(unit, []).append(worker)
+        replays: dict[str, list[tuple[str, int, int]]] = {}
+        for handed in (released or {}).values():
+            for unit, records in handed.items():
+                replays.setdefault(unit, []).extend((str(a), int(b), int(c)) for a, b, c in records)
+        out: dict[str, UnitRoute] = {}
+        for target, owner in sorted(self.target.items()):
+            key = str(target)
+            waiting = sorted(w for w in holders.get(key, ()) if w != owner)
+            active = held.get(owner, {}).get(key) == ACTIVE and not waiting
+            replay = [] if active else sorted(replays.get(key, []))
+            out[key] = UnitRoute(owner=owner, waiting=waiting, active=active, replay=replay)
+        return out
+
+    def units_of(self, kind: str, name: str) -> dict[int, str]:
+        """partition -> target worker of one resource."""
+        return {u.partition: w for u, w in self.target.items() if u.kind == kind and u.name == name}
