@@ -9,7 +9,7 @@ KAFKA_POM := engine/kafka/pom.xml
 KAFKA_LIBS := $(VENV)/kafka-libs
 KAFKA_STAMP := $(KAFKA_LIBS)/.stamp
 
-.PHONY: install run test test-tansu lint fmt bench clean kafka-jars
+.PHONY: install run test test-tansu lint fmt bench clean kafka-jars proto
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -26,6 +26,12 @@ $(KAFKA_STAMP): $(KAFKA_POM)
 	touch $(KAFKA_STAMP)
 
 kafka-jars: $(KAFKA_STAMP)
+
+## The Python modules of Seldon's scheduler API (engine/scheduler/seldon/scheduler.proto), committed;
+## tests/unit/test_seldon_proto.py checks that they match the .proto.
+SELDON_PROTO := headrace/engine/scheduler/seldon/scheduler.proto
+proto: install
+	$(BIN)/python -m grpc_tools.protoc -I src --python_out=src --pyi_out=src --grpc_python_out=src $(SELDON_PROTO)
 
 ## Start the server with the sample models (echo, sum) and pipeline (demo: echo then sum) loaded:
 ## REST 127.0.0.1:9000, gRPC 9500, control 9004, embedded Kafka 9092.
