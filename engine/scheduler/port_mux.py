@@ -90,4 +90,8 @@ class MuxControlServer(ControlServer):
             upstream.close()
             return
         with upstream:
+            # as gRPC does on its own sockets: a response is several small writes (headers, data,
+            # trailers) and Nagle would hold each later one for the client's delayed ACK (~40 ms)
+            with contextlib.suppress(OSError):
+                request.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             pump(request, upstream)
