@@ -48,9 +48,9 @@ class SeldonCli:
         home.mkdir(exist_ok=True)
         self.env = {"PATH": os.environ.get("PATH", ""), "HOME": str(home)}
 
-    def run(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    def run(self, *args: str, check: bool = True, scheduler: bool = True) -> subprocess.CompletedProcess[str]:
         proc = subprocess.run(
-            [self.binary, *args, "--scheduler-host", self.host],
+            [self.binary, *args, *(["--scheduler-host", self.host] if scheduler else [])],
             capture_output=True,
             text=True,
             env=self.env,
@@ -149,6 +149,22 @@ def test_the_seldon_cli_drives_headrace(tmp_path: Path) -> None:
         assert rows(seldon.run("pipeline", "list").stdout) == [["triple", "PipelineReady"]]
         out = infer(s, "triple", [1, 2], {"Seldon-Model": "triple.pipeline"})
         assert out["outputs"][0]["data"] == [3.0, 6.0]
+        # the CLI's own inference and topic inspection (it asks the scheduler for the steps)
+        payload = '{"inputs":[{"name":"x","shape":[2],"datatype":"FP32","data":[2,4]}]}'
+        host = f"127.0.0.1:{s.http_port}"
+        answer = seldon.run("pipeline", "infer", "triple", payload, "--inference-host", host, scheduler=False)
+        assert json.loads(answer.stdout)["outputs"][0]["data"] == [6.0, 12.0]
+        inspect = ("pipeline", "inspect", "triple.scaler.outputs", "--format", "json")
+
+        def last_record() -> Any:
+            printed = seldon.run(*inspect, "--kafka-broker", s.bootstrap).stdout
+            [topic] = json.loads(printed.splitlines()[-1])["topics"]  # after "Using consumer config ..."
+            assert topic["name"] == "seldon.default.model.scaler.outputs"
+            msgs = topic["msgs"]
+            return msgs[0]["value"]["outputs"][0]["contents"]["fp32Contents"] if msgs else None
+
+        # with local hops the step's record may reach Kafka just after the reply
+        wait_for("the last record on scaler's outputs topic", lambda: last_record() == [6, 12])
 
         # servers
         servers = rows(seldon.run("server", "list").stdout)
