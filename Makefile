@@ -13,7 +13,7 @@ DIST_DIR ?= dist
 DIST_BUILD ?= build/pyz
 DIST := $(DIST_DIR)/headrace.pyz
 
-.PHONY: install run test test-tansu lint fmt bench loadtest clean kafka-jars dist
+.PHONY: install run test test-tansu lint fmt bench loadtest clean kafka-jars dist proto
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -42,6 +42,11 @@ dist: install
 	cp $(KAFKA_LIBS)/*.jar $(DIST_BUILD)/site/headrace/engine/kafka/kafka-libs/
 	$(BIN)/shiv --site-packages $(DIST_BUILD)/site -e headrace.cli:main -p '/usr/bin/env python3.11' -o $(DIST)
 	rm -rf $(DIST_BUILD)
+## The Python modules of Seldon's scheduler API (engine/scheduler/seldon/scheduler.proto), committed;
+## tests/unit/test_seldon_proto.py checks that they match the .proto.
+SELDON_PROTO := headrace/engine/scheduler/seldon/scheduler.proto
+proto: install
+	$(BIN)/python -m grpc_tools.protoc -I src --python_out=src --pyi_out=src --grpc_python_out=src $(SELDON_PROTO)
 
 ## Start the server with the sample models (echo, sum) and pipeline (demo: echo then sum) loaded:
 ## REST 127.0.0.1:9000, gRPC 9500, control 9004, embedded Kafka 9092.

@@ -22,8 +22,10 @@ from headrace.config.manifests import (
 from headrace.config.pipelines import PipelineManifest
 from headrace.config.settings import Settings
 from headrace.engine.kafka.admin import TopicAdmin
-from headrace.engine.scheduler.api import ControlApi, ControlServer
+from headrace.engine.scheduler.api import ControlApi
 from headrace.engine.scheduler.pipelines import parse_pipeline_docs
+from headrace.engine.scheduler.port_mux import MuxControlServer
+from headrace.engine.scheduler.seldon_api import SeldonApiServer
 from headrace.engine.scheduler.state import SchedulerState
 from headrace.engine.scheduler.store import Store
 from headrace.engine.scheduler.topic_manager import TopicManager
@@ -100,20 +102,29 @@ def run(settings: Settings, stop: threading.Event | None = None) -> None:
         instance=settings.instance_id or "local",
     )
     topic_manager = TopicManager(state, TopicAdmin(settings), stop)
+    seldon_api: SeldonApiServer | None = None
     try:
         if to_load:
             state.load(to_load)
         if pipelines_to_load:
             state.load_pipelines(pipelines_to_load)
+        # Seldon's gRPC scheduler API shares the control port: HTTP/2 connections are pumped to it
+        seldon_api = SeldonApiServer(state, str(settings.run_dir / "scheduler-grpc.sock"))
         try:
-            httpd = ControlServer((settings.control_host, settings.control_port), ControlApi(state))
-        except OSError as exc:
+            settings.run_dir.mkdir(parents=True, exist_ok=True)
+            seldon_api.start()
+            httpd = MuxControlServer(
+                (settings.control_host, settings.control_port), ControlApi(state), seldon_api.path
+            )
+        except (OSError, RuntimeError) as exc:
             log.error("cannot listen on %s: %s", settings.control_url, exc)
             sys.exit(1)
         thread = threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.2}, daemon=True)
         thread.start()
         topic_manager.start()
-        log.info("scheduler listening on %s (state in %s)", settings.control_url, store.path)
+        log.info(
+            "scheduler listening on %s (JSON and Seldon gRPC; state in %s)", settings.control_url, store.path
+        )
         while not stop.wait(0.5):
             pass
         log.info("scheduler stopping")
@@ -123,5 +134,7 @@ def run(settings: Settings, stop: threading.Event | None = None) -> None:
         thread.join(5)
     finally:
         state.close()
+        if seldon_api is not None:
+            seldon_api.stop()
         topic_manager.join(5)
         store.close()

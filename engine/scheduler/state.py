@@ -604,6 +604,28 @@ class SchedulerState:
         with self._cond:
             return [self.views.model_status(m) for m in sorted(self.models.values(), key=lambda m: m.name)]
 
+    def model_snapshot(self, name: str | None = None) -> list[tuple[ModelManifest, st.ModelStatus]]:
+        """Each model (or the one named) with the manifest it was loaded with, taken under one lock."""
+        with self._cond:
+            if name is None:
+                models = sorted(self.models.values(), key=lambda m: m.name)
+            elif (model := self.models.get(name)) is not None:
+                models = [model]
+            else:
+                raise NotFoundError(f"model {name} not found")
+            return [(m.manifest, self.views.model_status(m)) for m in models]
+
+    def pipeline_snapshot(self, name: str | None = None) -> list[tuple[PipelineManifest, st.PipelineStatus]]:
+        """Each pipeline (or the one named) with its manifest, taken under one lock."""
+        with self._cond:
+            if name is None:
+                pipelines = [p for _, p in sorted(self.pipelines.items())]
+            elif (pipeline := self.pipelines.get(name)) is not None:
+                pipelines = [pipeline]
+            else:
+                raise NotFoundError(f"pipeline {name} not found")
+            return [(p.manifest, self.pipeline_views.status(p)) for p in pipelines]
+
     def server_status(self, name: str) -> st.ServerStatus:
         with self._cond:
             server = self.servers.get(name)
