@@ -100,6 +100,7 @@ def run(settings: Settings, stop: threading.Event | None = None) -> None:
             max_consumers=settings.modelgateway_max_num_consumers,
         ),
         instance=settings.instance_id or "local",
+        local_workers=0 if settings.join else settings.worker_count,
     )
     topic_manager = TopicManager(state, TopicAdmin(settings), stop)
     seldon_api: SeldonApiServer | None = None

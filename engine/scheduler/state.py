@@ -67,6 +67,7 @@ class SchedulerState:
         pipeline_timeout_s: float = DEFAULT_PIPELINE_TIMEOUT_S,
         sharding: ShardingConfig | None = None,
         instance: str = "local",
+        local_workers: int = 0,
     ) -> None:
         self._store = store
         self._clock = clock
@@ -83,6 +84,9 @@ class SchedulerState:
         self.models: dict[str, Model] = {}
         self.workers: dict[str, Worker] = {}
         self.instance = instance  # workers reporting no instance are this scheduler's own
+        # this instance's workers: units are first placed once they have all reported (or after
+        # SYNC_TIMEOUT_S), not on the first to report and then moved
+        self.local_workers = local_workers
         config = sharding or ShardingConfig(partitions=8)
         stored = store.setting(MULTIPLIER_SETTING)
         if isinstance(stored, int):
@@ -272,7 +276,9 @@ class SchedulerState:
         """Replan the units (once the scheduler is synced after a restart), then every unit's route
         given what the live workers hold, and where each live worker takes forwarded requests."""
         live = {w.id: w for w in self.workers.values() if now - w.last_seen < WORKER_GONE_S}
-        if self.synced:
+        own = sum(1 for w in live.values() if w.instance == self.instance)
+        starting = own < self.local_workers and now - self._started < SYNC_TIMEOUT_S and not self.units.target
+        if self.synced and not starting:
             pipelines = [n for n, p in self.pipelines.items() if not p.terminating]
             slots = {
                 slot_of(n, self.units.config.max_consumers)

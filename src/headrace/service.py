@@ -60,10 +60,13 @@ def build_specs(settings: Settings) -> list[ProcessSpec]:
                     STOP_SERVERS,
                 )
             )
-    for i in range(settings.worker_count):
-        worker = functools.partial(_run_worker, settings, i)
-        specs.append(ProcessSpec(f"worker {i}", worker, STOP_WORKERS, reports_ready=True))
+    specs += [worker_spec(settings, i) for i in range(settings.worker_count)]
     return specs
+
+
+def worker_spec(settings: Settings, index: int) -> ProcessSpec:
+    worker = functools.partial(_run_worker, settings, index)
+    return ProcessSpec(f"worker {index}", worker, STOP_WORKERS, reports_ready=True, worker=index)
 
 
 def instance_id(settings: Settings) -> str:
@@ -105,7 +108,14 @@ def run_service(settings: Settings) -> int:
 
     # under systemd (Type=notify): READY=1 once every worker serves, STATUS, WATCHDOG, STOPPING
     notifier = Notifier.from_environ()
-    supervisor = Supervisor(build_specs(settings), settings.grace_period_s, on_exit, on_spawn, notifier)
+    supervisor = Supervisor(
+        build_specs(settings),
+        settings.grace_period_s,
+        on_exit,
+        on_spawn,
+        notifier,
+        make_worker=functools.partial(worker_spec, settings),
+    )
     log.info(
         "headrace serving REST on %s:%d, gRPC on %s:%d, control on %s",
         settings.host,

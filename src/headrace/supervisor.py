@@ -21,7 +21,16 @@ log = logging.getLogger("headrace.supervisor")
 
 # SIGUSR1 is a child's doorbell: "my readiness changed, read the report I sent"
 _REPORT = signal.SIGUSR1
-_SIGNALS = {signal.SIGCHLD, signal.SIGTERM, signal.SIGINT, signal.SIGHUP, _REPORT}
+# SIGTTIN adds a worker, SIGTTOU stops one (it hands its units to the others first), as gunicorn does
+_SIGNALS = {
+    signal.SIGCHLD,
+    signal.SIGTERM,
+    signal.SIGINT,
+    signal.SIGHUP,
+    _REPORT,
+    signal.SIGTTIN,
+    signal.SIGTTOU,
+}
 _MAX_REPORT = 512
 
 
@@ -37,6 +46,7 @@ class ProcessSpec:
     target: Callable[[], None]
     stop_order: int = 0
     reports_ready: bool = False
+    worker: int = -1  # a worker's index (workers can be added and removed at run time)
 
 
 @dataclass(slots=True)
@@ -49,6 +59,7 @@ class Child:
     due: float | None = None  # when a pending restart is due
     ready: bool = False  # what the child last reported (children that report readiness)
     reason: str = "not started"  # why it is not ready
+    retiring: bool = False  # a worker removed at run time: not restarted when it exits
 
 
 # In a child: the supervisor's end for readiness reports (inherited through fork) and its pid.
@@ -80,8 +91,10 @@ class Supervisor:
         on_child_exit: Callable[[Child, int], None] | None = None,
         on_spawn: Callable[[list[Child]], None] | None = None,
         notifier: Notifier | None = None,
+        make_worker: Callable[[int], ProcessSpec] | None = None,
     ) -> None:
         self.children = [Child(spec) for spec in specs]
+        self.make_worker = make_worker
         self.grace_period = grace_period
         self.on_child_exit = on_child_exit
         self.on_spawn = on_spawn
@@ -114,6 +127,10 @@ class Supervisor:
                 if info is not None and info.si_signo in (signal.SIGTERM, signal.SIGINT):
                     log.info("received %s: draining", signal.Signals(info.si_signo).name)
                     return self._stop_all()
+                if info is not None and info.si_signo == signal.SIGTTIN:
+                    self._add_worker()
+                elif info is not None and info.si_signo == signal.SIGTTOU:
+                    self._remove_worker()
                 self._reap(now)
                 self._read_reports()
                 for child in self.children:
@@ -196,6 +213,35 @@ class Supervisor:
         if self.stopping or not reporting or any(c.pid for c in reporting):
             self.notifier.watchdog()
 
+    # -- workers added and removed at run time --------------------------------------------------
+    def _workers(self) -> list[Child]:
+        return [c for c in self.children if c.spec.worker >= 0 and not c.retiring]
+
+    def _add_worker(self) -> None:
+        if self.make_worker is None:
+            return
+        index = max((c.spec.worker for c in self.children if c.spec.worker >= 0), default=-1) + 1
+        child = Child(self.make_worker(index))
+        self.children.append(child)
+        log.info("SIGTTIN: adding %s", child.spec.name)
+        self._spawn(child)
+
+    def _remove_worker(self) -> None:
+        """Stop the newest worker; it hands its units to the others before it exits."""
+        workers = self._workers()
+        if len(workers) <= 1:
+            log.warning("SIGTTOU: the last worker stays")
+            return
+        child = max(workers, key=lambda c: c.spec.worker)
+        child.retiring = True
+        child.due = None
+        log.info("SIGTTOU: stopping %s", child.spec.name)
+        if child.pid:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(child.pid, signal.SIGTERM)
+        else:
+            self.children.remove(child)
+
     # -- children -------------------------------------------------------------------------------
     def _spawn(self, child: Child) -> None:
         pid = os.fork()
@@ -247,6 +293,12 @@ class Supervisor:
             child.reason = "stopped" if self.stopping else f"exited with {code}, restarting"
             if self.on_child_exit is not None:
                 self.on_child_exit(child, pid)
+            if child.retiring:
+                self.children.remove(child)
+                log.info("%s stopped (removed)", child.spec.name)
+                if self.on_spawn is not None:
+                    self.on_spawn(self.children)
+                continue
             if self.stopping:
                 continue
             lived = now - child.started

@@ -1,0 +1,239 @@
+"""Rebalancing under constant load: workers added and removed, the multiplier changed, pipelines loaded
+and unloaded — every request is answered once, with its own body, and nothing is written twice."""
+
+from __future__ import annotations
+
+import collections
+import http.client
+import json
+import os
+import signal
+import subprocess
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+from confluent_kafka import Consumer, TopicPartition
+from support import HEADRACE, SAMPLES, Serve
+
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(240)]
+
+PIPELINES = Path(__file__).resolve().parents[2] / "config" / "samples" / "pipelines"
+OUTPUTS = "seldon.default.pipeline.demo.outputs"
+
+
+class Load:
+    """Callers sending `demo` requests (echo then sum) back to back, each with its own id and numbers;
+    every answer is checked against what that request asked."""
+
+    def __init__(self, s: Serve, callers: int = 6) -> None:
+        self.s = s
+        self.callers = callers
+        self.stop = threading.Event()
+        self.answered: list[str] = []
+        self.failures: list[str] = []
+        self.latencies: list[float] = []
+        self._lock = threading.Lock()
+        self._threads = [threading.Thread(target=self._run, args=(i,), daemon=True) for i in range(callers)]
+
+    def __enter__(self) -> Load:
+        for t in self._threads:
+            t.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.stop.set()
+        for t in self._threads:
+            t.join(30)
+
+    def _run(self, caller: int) -> None:
+        conn = http.client.HTTPConnection("127.0.0.1", self.s.http_port, timeout=30)
+        n = 0
+        while not self.stop.is_set():
+            n += 1
+            rid = f"c{caller}-{n}-{uuid.uuid4().hex[:8]}"
+            values = [caller, n, 7]
+            body = json.dumps(
+                {"id": rid, "inputs": [{"name": "x", "shape": [1, 3], "datatype": "INT64", "data": values}]}
+            )
+            started = time.monotonic()
+            try:
+                conn.request(
+                    "POST",
+                    "/v2/models/demo/infer",
+                    body,
+                    {"Content-Type": "application/json", "Seldon-Model": "demo.pipeline"},
+                )
+                resp = conn.getresponse()
+                data = resp.read()
+            except (OSError, http.client.HTTPException) as exc:
+                self._fail(f"{rid}: {type(exc).__name__}: {exc}")
+                conn.close()
+                conn = http.client.HTTPConnection("127.0.0.1", self.s.http_port, timeout=30)
+                continue
+            took = time.monotonic() - started
+            if resp.status != 200:
+                self._fail(f"{rid}: HTTP {resp.status} {data[:300]!r}")
+                continue
+            answer = json.loads(data)
+            got = answer["outputs"][0]["data"]
+            if answer.get("id") != rid or got != [sum(values)]:
+                self._fail(f"{rid}: wrong answer {answer}")
+                continue
+            with self._lock:
+                self.answered.append(rid)
+                self.latencies.append(took)
+        conn.close()
+
+    def _fail(self, what: str) -> None:
+        with self._lock:
+            self.failures.append(what)
+
+    def count(self) -> int:
+        with self._lock:
+            return len(self.answered)
+
+
+def control(s: Serve, *args: str) -> str:
+    env = {**os.environ, "HEADRACE_CONTROL_URL": s.control}
+    proc = subprocess.run([HEADRACE, *args], capture_output=True, text=True, env=env, timeout=60)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    return proc.stdout
+
+
+def sharding(s: Serve) -> dict:
+    return json.loads(control(s, "sharding", "status", "-o", "json"))
+
+
+def settle(s: Serve, check: Callable[[dict], bool], what: str, timeout: float = 60) -> dict:
+    """Wait until the placement satisfies ``check`` and no unit is moving."""
+    deadline = time.monotonic() + timeout
+    status: dict = {}
+    while time.monotonic() < deadline:
+        status = sharding(s)
+        if (
+            status["moving"] == 0
+            and check(status)
+            and all(w["active"] == w["units"] for w in status["workers"])
+        ):
+            pipeline = json.loads(control(s, "pipeline", "status", "demo", "-o", "json"))
+            if pipeline["state"] == "PipelineReady":
+                return status
+        time.sleep(0.2)
+    raise AssertionError(f"not settled ({what}) within {timeout}s: {status}\n{s.log_text()}")
+
+
+def grow_while_loaded(load: Load, before: int, more: int = 150, timeout: float = 60) -> None:
+    """Let the callers get at least ``more`` answers past ``before`` (traffic across the change)."""
+    deadline = time.monotonic() + timeout
+    while load.count() < before + more and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert load.count() >= before + more, f"traffic stalled: {load.count() - before} answers"
+
+
+def answers_on_topic(s: Serve) -> collections.Counter[str]:
+    """How many records each request id has on demo's outputs topic (read from the start)."""
+    consumer = Consumer(
+        {
+            "bootstrap.servers": s.bootstrap,
+            "group.id": f"check-{uuid.uuid4().hex}",
+            "enable.auto.commit": False,
+        }
+    )
+    try:
+        meta = consumer.list_topics(OUTPUTS, timeout=10).topics[OUTPUTS]
+        parts = [TopicPartition(OUTPUTS, p, 0) for p in meta.partitions]
+        ends = {p.partition: consumer.get_watermark_offsets(p, timeout=10)[1] for p in parts}
+        consumer.assign(parts)
+        seen: collections.Counter[str] = collections.Counter()
+        done = {p for p, end in ends.items() if end == 0}
+        deadline = time.monotonic() + 60
+        while len(done) < len(ends) and time.monotonic() < deadline:
+            for msg in consumer.consume(500, 0.5):
+                if msg.error() is not None:
+                    continue
+                headers = dict(msg.headers() or [])
+                seen[(headers.get("x-request-id") or b"").decode()] += 1
+                if msg.offset() + 1 >= ends[msg.partition()]:
+                    done.add(msg.partition())
+        assert len(done) == len(ends), "could not read the outputs topic to its end"
+        return seen
+    finally:
+        consumer.close()
+
+
+@pytest.fixture
+def cluster(tmp_path: Path) -> Iterator[Serve]:
+    s = Serve(
+        tmp_path / "data", kafka=True, workers=2, extra=["--load", str(SAMPLES), "--load", str(PIPELINES)]
+    )
+    try:
+        s.start()
+        s.wait_ready("/v2/pipelines/demo/ready")
+        settle(s, lambda st: len(st["workers"]) == 2, "start")
+        yield s
+    finally:
+        s.stop()
+
+
+def check_every_answer(s: Serve, load: Load) -> None:
+    assert load.failures == [], load.failures[:10]
+    assert len(load.answered) == len(set(load.answered))
+    on_topic = answers_on_topic(s)
+    twice = {rid: n for rid, n in on_topic.items() if n > 1}
+    assert not twice, f"answers written more than once: {list(twice.items())[:10]}"
+    missing = [rid for rid in load.answered if rid not in on_topic]
+    assert not missing, f"answered but not on the outputs topic: {missing[:10]}"
+
+
+def test_adding_and_removing_workers_under_load_fails_no_request(cluster: Serve) -> None:
+    assert cluster.proc is not None
+    with Load(cluster) as load:
+        grow_while_loaded(load, 0)
+        os.kill(cluster.proc.pid, signal.SIGTTIN)  # a third worker joins: a third of the units move to it
+        status = settle(
+            cluster, lambda st: len(st["workers"]) == 3 and all(w["units"] for w in st["workers"]), "3"
+        )
+        assert status["dataflow"] == {"formula": 3, "used": 3}
+        grow_while_loaded(load, load.count())
+        os.kill(cluster.proc.pid, signal.SIGTTOU)  # the newest leaves again, handing its units back first
+        settle(cluster, lambda st: sum(1 for w in st["workers"] if w["units"]) == 2, "2")
+        grow_while_loaded(load, load.count())
+    check_every_answer(cluster, load)
+
+
+def test_changing_the_multiplier_under_load_fails_no_request(cluster: Serve) -> None:
+    with Load(cluster) as load:
+        grow_while_loaded(load, 0)
+        control(cluster, "sharding", "set", "--max-shard-count-multiplier", "1")
+        status = settle(cluster, lambda st: st["shards"] == 1, "multiplier 1")
+        pipeline = json.loads(control(cluster, "pipeline", "status", "demo", "-o", "json"))
+        assert pipeline["workersUsed"] == 1
+        assert status["dataflow"]["formula"] == 1  # min(2 workers, 1 pipeline x 1)
+        grow_while_loaded(load, load.count())  # calls reaching the other worker are forwarded
+        control(cluster, "sharding", "set", "--max-shard-count-multiplier", "0")
+        settle(
+            cluster, lambda st: st["shards"] == 8 and sum(1 for w in st["workers"] if w["units"]) == 2, "0"
+        )
+        grow_while_loaded(load, load.count())
+    check_every_answer(cluster, load)
+
+
+def test_loading_and_unloading_pipelines_under_load_fails_no_request(cluster: Serve, tmp_path: Path) -> None:
+    other = tmp_path / "other.yaml"
+    other.write_text(
+        "apiVersion: mlops.seldon.io/v1alpha1\nkind: Pipeline\nmetadata:\n  name: other\n"
+        "spec:\n  steps:\n  - name: echo\n  output:\n    steps: [echo]\n"
+    )
+    with Load(cluster) as load:
+        for _ in range(3):
+            grow_while_loaded(load, load.count(), more=80)
+            control(cluster, "pipeline", "load", "-f", str(other))
+            control(cluster, "pipeline", "status", "other", "-w", "PipelineReady", "--timeout", "60")
+            grow_while_loaded(load, load.count(), more=80)
+            control(cluster, "pipeline", "unload", "other")
+        grow_while_loaded(load, load.count(), more=80)
+    check_every_answer(cluster, load)
