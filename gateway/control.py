@@ -31,6 +31,7 @@ class ReplicaAddr(msgspec.Struct, frozen=True):
     server: str
     index: int
     socket: str  # unix socket path of that server replica
+    instance: str = ""  # the instance it runs on (workers call only their own instance's replicas)
 
 
 class ModelRoute(msgspec.Struct, frozen=True, kw_only=True):
@@ -123,6 +124,9 @@ class ServerReport(msgspec.Struct, frozen=True, kw_only=True):
     started_at: float  # identifies an incarnation: a restarted replica reports a new value
     desired_version: int
     models: list[LoadedModel] = []
+    # a replica of another instance (joined to this scheduler): its instance and unix socket there
+    instance: str = ""
+    socket: str = ""
 
 
 class WorkerReport(msgspec.Struct, frozen=True, kw_only=True):

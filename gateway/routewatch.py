@@ -45,6 +45,8 @@ class RouteWatcher:
         """Call on the event loop: serves the cached table at once, then follows the scheduler."""
         cached = self._read_cache()
         if cached is not None:
+            cached = own_replicas(cached, self.settings.instance_id)
+        if cached is not None:
             self.registry.update(cached, self._load_inline(cached))
             self.version = cached.version
         self._thread.start()
@@ -100,6 +102,7 @@ class RouteWatcher:
 
     def _apply(self, table: RoutingTable) -> None:
         """On the control thread: load inline models, then hand the table to the event loop."""
+        table = own_replicas(table, self.settings.instance_id)
         inline = self._load_inline(table)
         self.version = table.version
         self.loop.call_soon_threadsafe(self.registry.update, table, inline)
@@ -133,3 +136,15 @@ class RouteWatcher:
             forward=self.forward,
             **node,
         )
+
+
+def own_replicas(table: RoutingTable, instance: str) -> RoutingTable:
+    """The table as this instance's workers use it: each model's replicas on this instance only (a
+    worker calls its own instance's model servers), ready when one of them has the model."""
+    models = {}
+    for name, route in table.models.items():
+        mine = [r for r in route.replicas if r.instance in ("", instance)]
+        if len(mine) != len(route.replicas):
+            route = msgspec.structs.replace(route, replicas=mine, ready=bool(mine) or route.inline)
+        models[name] = route
+    return msgspec.structs.replace(table, models=models)

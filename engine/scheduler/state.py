@@ -83,6 +83,8 @@ class SchedulerState:
             self.servers[manifest.name] = Server(manifest, replicas)
         self.models: dict[str, Model] = {}
         self.workers: dict[str, Worker] = {}
+        # replicas of other instances' servers: (instance, server, index) -> the replica
+        self.remote_replicas: dict[tuple[str, str, int], Replica] = {}
         self.instance = instance  # workers reporting no instance are this scheduler's own
         # this instance's workers: units are first placed once they have all reported (or after
         # SYNC_TIMEOUT_S), not on the first to report and then moved
@@ -96,6 +98,8 @@ class SchedulerState:
         self.units = UnitBook(store, config)
         self.views = Views(self.models, self.servers, self.workers, clock)
         self.views.units = self.units
+        self.views.instance = instance
+        self.views.remote = self.remote_replicas
         self.pipelines: dict[str, Pipeline] = {}
         self.topic_book = TopicBook(topics or Topics(), store)
         self.pipeline_views = PipelineViews(
@@ -429,10 +433,19 @@ class SchedulerState:
             return status
 
     def report_server(self, report: ServerReport) -> None:
-        """A replica's full state; a new started_at is a restart with only what it reports."""
+        """A replica's full state; a new started_at is a restart with only what it reports. A replica
+        of another instance mirrors this instance's replica of the same name and index: it is given
+        the same models, and workers of its instance call it."""
         with self._cond:
             self._check_open()
             replica = self._replica(report.server, report.index)
+            if report.instance and report.instance != self.instance:
+                key = (report.instance, report.server, report.index)
+                replica = self.remote_replicas.get(key) or Replica(
+                    report.server, report.index, report.socket, replica.capacity
+                )
+                replica.socket = report.socket or replica.socket
+                self.remote_replicas[key] = replica
             if replica.started_at and report.started_at != replica.started_at:
                 log.info("server replica %s-%d restarted (pid %d)", report.server, report.index, report.pid)
             replica.started_at, replica.pid = report.started_at, report.pid

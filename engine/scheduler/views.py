@@ -10,6 +10,7 @@ from headrace.engine.scheduler.records import (
     LOAD_FAILED,
     LOADED,
     Model,
+    Replica,
     Server,
     Worker,
     is_placed,
@@ -40,6 +41,9 @@ class Views:
         self.workers = workers
         self._clock = clock
         self.units: UnitBook | None = None  # set by the state: the model gateway's units
+        self.instance = ""  # this scheduler's instance
+        # replicas of other instances: (instance, server, index) -> replica (set by the state)
+        self.remote: dict[tuple[str, str, int], Replica] = {}
 
     def connected(self, last_seen: float | None) -> bool:
         return last_seen is not None and self._clock() - last_seen < CONNECTED_S
@@ -62,7 +66,15 @@ class Views:
                 report = replica.loaded.get(model.name)
                 if report is not None and self._loaded_here(model, report):
                     reports.append(report)
-                    addrs.append(ReplicaAddr(replica.server, replica.index, replica.socket))
+                    addrs.append(ReplicaAddr(replica.server, replica.index, replica.socket, self.instance))
+            now = self._clock()
+            for (instance, server, index), replica in sorted(self.remote.items()):
+                if server != model.server or index not in model.replicas:
+                    continue
+                report = replica.loaded.get(model.name)
+                seen = replica.last_seen is not None and now - replica.last_seen < STALE_S
+                if seen and report is not None and self._loaded_here(model, report):
+                    addrs.append(ReplicaAddr(server, index, replica.socket, instance))
         first = reports[0] if reports else None
         _, state, reason = self._model_state(model)
         return ModelRoute(
@@ -83,12 +95,8 @@ class Views:
     def holders(self, name: str) -> int:
         """Live replicas and workers that still report this model (terminating waits for them)."""
         now = self._clock()
-        live = [
-            r.loaded
-            for s in self.servers.values()
-            for r in s.replicas
-            if r.last_seen is not None and now - r.last_seen < STALE_S
-        ]
+        replicas = [r for s in self.servers.values() for r in s.replicas] + list(self.remote.values())
+        live = [r.loaded for r in replicas if r.last_seen is not None and now - r.last_seen < STALE_S]
         live += [w.inline for w in self.workers.values() if now - w.last_seen < STALE_S]
         return sum(1 for models in live if name in models)
 

@@ -291,6 +291,8 @@ class ModelServer:
             started_at=self.started_at,
             desired_version=self._desired_version,
             models=list(self.models.states.values()),
+            instance=self.settings.instance_id,
+            socket=str(self.socket_path),
         )
 
 

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import msgspec
 
+from headrace.config.errors import ConfigError
 from headrace.config.manifests import servers_from_settings
 from headrace.config.settings import Settings
 from headrace.notify import Notifier
@@ -47,7 +48,11 @@ def _run_broker(settings: Settings) -> None:
 
 
 def build_specs(settings: Settings) -> list[ProcessSpec]:
-    specs = [ProcessSpec("scheduler", functools.partial(_run_scheduler, settings), STOP_SCHEDULER)]
+    """The children: a scheduler (unless this instance joins another's), an embedded broker (unless a
+    cluster is given), the model servers and the workers."""
+    specs = []
+    if not settings.join:
+        specs.append(ProcessSpec("scheduler", functools.partial(_run_scheduler, settings), STOP_SCHEDULER))
     if not settings.kafka_bootstrap and settings.embedded_broker != "none":
         # the broker stops last: workers drain pipeline requests through it
         specs.append(ProcessSpec("broker", functools.partial(_run_broker, settings), STOP_BROKER))
@@ -88,7 +93,24 @@ def _new_id(path: Path) -> str:
     return made
 
 
+def check_cluster(settings: Settings) -> None:
+    """An instance joining another's scheduler runs no scheduler and no broker: it needs the cluster's
+    Kafka, and loads nothing itself."""
+    if not settings.join:
+        return
+    if not settings.kafka_bootstrap:
+        raise ConfigError(
+            "--join needs the cluster's Kafka: give --kafka-bootstrap (a joining instance runs no broker)"
+        )
+    if settings.load_files:
+        raise ConfigError(
+            "--load goes to the instance that runs the scheduler; with --join, load through it "
+            "(`headrace model load --control http://HOST:PORT -f ...`)"
+        )
+
+
 def run_service(settings: Settings) -> int:
+    check_cluster(settings)
     settings = msgspec.structs.replace(settings, instance_id=instance_id(settings))
     settings.run_dir.mkdir(parents=True, exist_ok=True)
     cleanup_orphaned_shm()

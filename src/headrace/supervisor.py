@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import glob
 import logging
 import os
@@ -269,8 +270,10 @@ class Supervisor:
         log.info("started %s (pid %d)", child.spec.name, pid)
 
     def _become_child(self) -> None:
-        """In a fresh child: keep the end readiness reports go to, drop what is the supervisor's."""
+        """In a fresh child: keep the end readiness reports go to, drop what is the supervisor's, and
+        stop with the supervisor even if it is killed (SIGKILL) and cannot stop it."""
         global _reports, _supervisor_pid
+        _die_with_parent()
         _reports, _supervisor_pid = self._outbox, os.getppid()
         if self._inbox is not None:
             self._inbox.close()
@@ -335,6 +338,22 @@ class Supervisor:
                         os.waitpid(child.pid, 0)
                     child.pid = 0
         return 0
+
+
+_PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent() -> None:
+    """Linux: SIGTERM this process when its parent dies (a SIGKILLed supervisor leaves no orphans;
+    they drain as on a normal stop)."""
+    parent = os.getppid()
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+    except (OSError, AttributeError):
+        return
+    if os.getppid() != parent:  # the parent died before the prctl: no signal will come
+        os.kill(os.getpid(), signal.SIGTERM)
 
 
 def cleanup_child_shm(supervisor_pid: int, child_pid: int) -> None:

@@ -210,3 +210,26 @@ def served_fresh(tmp_path: Path, serve_factory: list[Serve]) -> Serve:
     s = Serve(tmp_path / "fresh", extra=["--load", str(SAMPLES)])
     serve_factory.append(s)
     return s.start()
+
+
+def test_a_killed_supervisor_leaves_no_children_behind(tmp_path: Path, serve_factory: list[Serve]) -> None:
+    s = Serve(tmp_path / "data", extra=["--load", str(SAMPLES)])
+    serve_factory.append(s)
+    s.start()
+    kids = s.child_pids()
+    assert len(kids) >= 3  # scheduler, a model server, workers
+    assert s.proc is not None
+    os.kill(s.proc.pid, signal.SIGKILL)  # no drain: the children must still go
+    s.proc.wait(5)
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline and any(_alive(pid) for pid in kids):
+        time.sleep(0.1)
+    assert not [pid for pid in kids if _alive(pid)]
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            return fh.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
