@@ -87,6 +87,10 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     # internal_port + worker index).
     instance_id: str = ""
     join: str = ""
+    # After a restart, the scheduler's control-plane changes wait (answered "not ready yet") until
+    # the workers and server replicas it knew have reconnected, at most this long (Seldon's
+    # schedulerReadyTimeoutSeconds); the data plane serves meanwhile.
+    scheduler_ready_timeout_s: float = 600.0
     internal_host: str = "127.0.0.1"
     internal_port: int = 0
 
@@ -136,6 +140,7 @@ _SELDON_ENV = {
     "MODELGATEWAY_MAX_NUM_CONSUMERS": "modelgateway_max_num_consumers",
     "MODELGATEWAY_WORKER_TIMEOUT_MS": "modelgateway_worker_timeout_ms",
     "KAFKA_DEFAULT_NUM_PARTITIONS": "partitions",
+    "SCHEDULER_READY_TIMEOUT_SECONDS": "scheduler_ready_timeout_s",
 }
 
 

@@ -91,7 +91,12 @@ class RouteWatcher:
         report_url = f"{self.settings.control_url}/v1/internal/workers/{self.index}/report"
 
         def step() -> None:
-            table = controlclient.get(f"{url}?after={self.version}&wait=2", RoutingTable, timeout=10)
+            try:
+                table = controlclient.get(f"{url}?after={self.version}&wait=2", RoutingTable, timeout=10)
+            except controlclient.ControlUnavailableError:
+                # a restarted scheduler answers 503 until the workers it knew have reported: report
+                controlclient.post(report_url, self._report(self._node_state()))
+                raise
             if table.version != self.version or not self.registry.received:
                 self._apply(table)
                 self._write_cache(table)

@@ -53,7 +53,8 @@ def default_control_url() -> str:
 
 
 class ControlClient:
-    def __init__(self, base_url: str | None = None, timeout: float = 10.0) -> None:
+    def __init__(self, base_url: str | None = None, timeout: float = 45.0) -> None:
+        # above the scheduler's sync wait (30 s): a call made just after its restart waits, not fails
         self.base_url = (base_url or default_control_url()).rstrip("/")
         if "://" not in self.base_url:
             self.base_url = "http://" + self.base_url

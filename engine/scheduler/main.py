@@ -101,14 +101,15 @@ def run(settings: Settings, stop: threading.Event | None = None) -> None:
         ),
         instance=settings.instance_id or "local",
         local_workers=0 if settings.join else settings.worker_count,
+        ready_timeout_s=settings.scheduler_ready_timeout_s,
     )
     topic_manager = TopicManager(state, TopicAdmin(settings), stop)
     seldon_api: SeldonApiServer | None = None
     try:
         if to_load:
-            state.load(to_load)
+            state.load(to_load, at_start=True)
         if pipelines_to_load:
-            state.load_pipelines(pipelines_to_load)
+            state.load_pipelines(pipelines_to_load, at_start=True)
         # Seldon's gRPC scheduler API shares the control port: HTTP/2 connections are pumped to it
         seldon_api = SeldonApiServer(state, str(settings.run_dir / "scheduler-grpc.sock"))
         try:

@@ -44,7 +44,11 @@ from headrace.gateway.control import (
 
 log = logging.getLogger("headrace.scheduler")
 
-SYNC_TIMEOUT_S = 5.0  # after a restart, wait this long at most for every replica to report
+SYNC_TIMEOUT_S = 5.0  # at a first start, wait this long at most for this instance's workers to report
+# after a restart, control-plane changes wait this long at most for the known workers and server
+# replicas to reconnect (Seldon's schedulerReadyTimeoutSeconds default is 600)
+READY_TIMEOUT_S = 600.0
+SYNC_WAIT_S = 30.0  # a control-plane call made meanwhile waits this long before "not ready yet"
 DEFAULT_PIPELINE_TIMEOUT_S = 60.0
 # A worker silent this long is gone: its units are placed on the others (a worker restarted by its
 # supervisor comes back within a second under the same id and keeps them).
@@ -68,6 +72,8 @@ class SchedulerState:
         sharding: ShardingConfig | None = None,
         instance: str = "local",
         local_workers: int = 0,
+        ready_timeout_s: float = READY_TIMEOUT_S,
+        sync_wait_s: float = SYNC_WAIT_S,
     ) -> None:
         self._store = store
         self._clock = clock
@@ -125,7 +131,12 @@ class SchedulerState:
                 log.error("stored pipeline %s cannot be read, skipping it: %s", prow.name, exc.message)
                 continue
             self.pipelines[prow.name] = Pipeline(pmanifest, prow.manifest, prow.version, prow.updated_at)
-        self._synced = not self.models and not self.pipelines
+        self.ready_timeout_s = ready_timeout_s
+        self.sync_wait_s = sync_wait_s
+        # the workers of the cluster when the scheduler last ran: after a restart, control-plane
+        # changes wait for them to come back (and for the server replicas) before going on
+        self._known = store.known_workers()
+        self._synced = not self.models and not self.pipelines and not self._known
         with self._cond:
             self._schedule()
             self._publish()
@@ -152,17 +163,48 @@ class SchedulerState:
 
     @property
     def synced(self) -> bool:
-        """False after a restart until every replica reported and the topic manager looked at the
-        broker once, so restored routes do not flap to not-ready (or until SYNC_TIMEOUT_S passed)."""
+        """False after a restart until every server replica and every worker known before it reported
+        and the topic manager looked at the broker once — so restored routes do not flap to not-ready
+        and no unit moves for want of a worker that is only reconnecting — or until ready_timeout_s."""
         if not self._synced and (
-            (
-                all(r.last_seen is not None for r in self._replicas())
-                and (self.topic_book.looked or not self.pipelines)
-            )
-            or self._clock() - self._started >= SYNC_TIMEOUT_S
+            not self._missing() or self._clock() - self._started >= self.ready_timeout_s
         ):
             self._synced = True
+            log.info("scheduler synced: control-plane changes go ahead")
         return self._synced
+
+    def _missing(self) -> list[str]:
+        """What a restarted scheduler still waits for."""
+        missing = [f"server replica {r.server}-{r.index}" for r in self._replicas() if r.last_seen is None]
+        missing += [f"worker {w}" for w in sorted(self._known) if w not in self.workers]
+        if self.pipelines and not self.topic_book.looked:
+            missing.append("a look at the Kafka topics")
+        return missing
+
+    def _check_synced(self) -> None:
+        """Control-plane changes wait until a restarted scheduler has its data plane back: a call waits
+        up to sync_wait_s for it (a restart usually syncs in a second or two), then is answered "not
+        ready yet". The caller holds the lock (waiting releases it)."""
+        deadline = time.monotonic() + self.sync_wait_s
+        while not self.synced and not self._closed and time.monotonic() < deadline:
+            self._cond.wait(min(0.25, max(0.0, deadline - time.monotonic())))
+        if self.synced:
+            return
+        left = max(0.0, self._started + self.ready_timeout_s - self._clock())
+        missing = self._missing()
+        shown = ", ".join(missing[:4]) + (f" and {len(missing) - 4} more" if len(missing) > 4 else "")
+        raise HeadraceError(
+            f"the scheduler is not ready yet: it restarted and waits for {shown} to reconnect "
+            f"(at most {left:.0f} s more); try again then",
+            ErrorKind.UNAVAILABLE,
+        )
+
+    def _remember_workers(self, now: float) -> None:
+        """Keep the set of workers a restart should wait for: those serving and not leaving."""
+        live = {w.id for w in self.workers.values() if now - w.last_seen < WORKER_GONE_S and not w.leaving}
+        if live != self._known:
+            self._known = live
+            self._store.set_known_workers(live)
 
     # -------------------------------------------------------------------------------- scheduling
 
@@ -282,6 +324,8 @@ class SchedulerState:
         live = {w.id: w for w in self.workers.values() if now - w.last_seen < WORKER_GONE_S}
         own = sum(1 for w in live.values() if w.instance == self.instance)
         starting = own < self.local_workers and now - self._started < SYNC_TIMEOUT_S and not self.units.target
+        if self.synced:
+            self._remember_workers(now)
         if self.synced and not starting:
             pipelines = [n for n, p in self.pipelines.items() if not p.terminating]
             slots = {
@@ -364,6 +408,7 @@ class SchedulerState:
             raise ConfigError(f"maxShardCountMultiplier must be 0 or more, not {multiplier}")
         with self._cond:
             self._check_open()
+            self._check_synced()
             c = self.units.config
             self.units.set_config(
                 ShardingConfig(c.partitions, multiplier, c.epsilon, c.max_consumers, c.vnodes)
@@ -377,11 +422,13 @@ class SchedulerState:
 
     # --------------------------------------------------------------------------------- commands
 
-    def load(self, manifests: Iterable[ModelManifest]) -> list[st.ModelStatus]:
+    def load(self, manifests: Iterable[ModelManifest], at_start: bool = False) -> list[st.ModelStatus]:
         """Load or reload models; an identical manifest is a no-op, a changed one bumps the generation."""
         manifests = list(manifests)
         with self._cond:
             self._check_open()
+            if not at_start:  # the manifests of `serve --load` go in at once
+                self._check_synced()
             rows: list[ModelRow] = []
             for manifest in manifests:
                 current = self.models.get(manifest.name)
@@ -419,6 +466,7 @@ class SchedulerState:
     def unload(self, name: str) -> st.ModelStatus:
         with self._cond:
             self._check_open()
+            self._check_synced()
             model = self.models.get(name)
             if model is None or model.terminating:
                 raise NotFoundError(f"model {name} not found")
@@ -473,12 +521,16 @@ class SchedulerState:
             worker.last_seen = self._clock()
             self._publish()
 
-    def load_pipelines(self, docs: Iterable[tuple[PipelineManifest, str]]) -> list[st.PipelineStatus]:
+    def load_pipelines(
+        self, docs: Iterable[tuple[PipelineManifest, str]], at_start: bool = False
+    ) -> list[st.PipelineStatus]:
         """Load or reload pipelines (manifest, its YAML document); identical ones are a no-op, a changed
         spec bumps the version, labels or annotations alone keep it."""
         docs = list(docs)
         with self._cond:
             self._check_open()
+            if not at_start:
+                self._check_synced()
             reads = {
                 name: external_sources(p.manifest) for name, p in self.pipelines.items() if not p.terminating
             }
@@ -517,6 +569,7 @@ class SchedulerState:
         """The route goes at once; Terminating until no live worker runs it, then Terminated (gone)."""
         with self._cond:
             self._check_open()
+            self._check_synced()
             pipeline = self.pipelines.get(name)
             if pipeline is None or pipeline.terminating:
                 raise NotFoundError(f"pipeline {name} not found")
@@ -595,7 +648,9 @@ class SchedulerState:
                 if remaining <= 0:
                     return self._routes if answer else None
                 if not answer:
-                    remaining = min(remaining, max(0.05, self._started + SYNC_TIMEOUT_S - self._clock()))
+                    remaining = min(
+                        remaining, max(0.05, self._started + self.ready_timeout_s - self._clock())
+                    )
                 self._cond.wait(remaining)
 
     def desired(self, server: str, index: int) -> ServerDesired:

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from headrace.config.errors import NotFoundError
+from headrace.config.errors import ErrorKind, HeadraceError, NotFoundError
 from headrace.config.manifests import ModelManifest, ServerManifest, parse_manifests
 from headrace.engine.scheduler import state as state_mod
 from headrace.engine.scheduler import views as views_mod
@@ -212,7 +212,7 @@ def test_sync_gives_up_after_timeout(tmp_path: Path, repo: Path) -> None:
     clock = Clock()
     restored = make_state(tmp_path, clock=clock)
     assert restored.wait_routes(5, 0) is None
-    clock.now += state_mod.SYNC_TIMEOUT_S
+    clock.now += state_mod.READY_TIMEOUT_S
     assert restored.wait_routes(5, 0) is not None
 
 
@@ -280,3 +280,58 @@ def test_silent_holders_stop_blocking_termination(tmp_path: Path, repo: Path) ->
     assert state.model_status("echo").state == "ModelTerminated"
     state.report_worker(WorkerReport(index=3, pid=1, routes_version=0))
     assert state.model_statuses() == []
+
+
+def test_a_restarted_scheduler_holds_control_changes_until_its_workers_are_back(
+    tmp_path: Path, repo: Path
+) -> None:
+    clock = Clock()
+    first = make_state(tmp_path, replicas=1, clock=clock)
+    first.load([manifest(repo)])
+    report(first, 0, ("echo", 1, "Loaded"))
+    for index in (0, 1):
+        first.report_worker(WorkerReport(index=index, pid=5, routes_version=0))
+    first.close()
+
+    restored = SchedulerState(
+        [ServerManifest(name="headrace", replicas=1)],
+        Store(tmp_path / "data" / "scheduler.db"),
+        lambda s, i: f"/run/{s}-{i}.sock",
+        100 * MiB,
+        clock,
+        sync_wait_s=0.2,
+    )
+    report(restored, 0, ("echo", 1, "Loaded"))
+    restored.report_worker(WorkerReport(index=0, pid=5, routes_version=0))
+    with pytest.raises(HeadraceError) as err:
+        restored.load([manifest(repo, "other", folder="other")])
+    assert err.value.kind == ErrorKind.UNAVAILABLE
+    assert "not ready yet" in err.value.message and "worker local/1" in err.value.message
+    assert restored.model_status("echo").state == "ModelAvailable"  # queries still answer
+    restored.report_worker(WorkerReport(index=1, pid=6, routes_version=0))
+    [status] = restored.load([manifest(repo, "other", folder="other")])
+    assert status.name == "other"
+
+
+def test_a_worker_that_never_returns_holds_control_only_until_the_ready_timeout(
+    tmp_path: Path, repo: Path
+) -> None:
+    clock = Clock()
+    first = make_state(tmp_path, replicas=1, clock=clock)
+    report(first, 0)
+    first.report_worker(WorkerReport(index=3, pid=5, routes_version=0))
+    first.close()
+    restored = SchedulerState(
+        [ServerManifest(name="headrace", replicas=1)],
+        Store(tmp_path / "data" / "scheduler.db"),
+        lambda s, i: f"/run/{s}-{i}.sock",
+        100 * MiB,
+        clock,
+        ready_timeout_s=60,
+        sync_wait_s=0,
+    )
+    report(restored, 0)
+    with pytest.raises(HeadraceError, match="worker local/3"):
+        restored.load([manifest(repo)])
+    clock.now += 60
+    assert restored.load([manifest(repo)])[0].name == "echo"
