@@ -180,6 +180,42 @@ def test_cli_load_unload_reload_and_restart_persistence(tmp_path: Path, serve_fa
     assert bad.returncode != 0
 
 
+def test_a_worker_waiting_for_its_first_routing_table_never_answers_404(served_fresh: Serve) -> None:
+    """A worker listens (so the kernel hands it connections) before its first routing table comes: a
+    call it takes then must wait for the table, not be told the model does not exist."""
+    s = served_fresh
+    deadline = time.monotonic() + 30
+    while "ready: serving: 2/2 ready" not in s.log.read_text():  # worker 0 listens, and will go on
+        assert time.monotonic() < deadline, s.log_text()
+        time.sleep(0.05)
+    sched = children(s)["scheduler"]
+    os.kill(sched, signal.SIGSTOP)  # the restarted worker cannot get a table ...
+    try:
+        (s.data_dir / "run" / "routes.json").unlink()  # ... nor read a cached one
+        victim = children(s)["worker 1"]
+        os.kill(victim, signal.SIGKILL)
+        wait_new_pid(s, "worker 1", victim)
+        deadline = time.monotonic() + 30
+        while http_get(s.url + "/v2/health/ready")[0] != 503:  # the new worker listens, table-less
+            assert time.monotonic() < deadline, "the restarted worker never listened"
+            time.sleep(0.05)
+        with ThreadPoolExecutor(16) as pool:
+            url = s.url + "/v2/models/sum/infer"
+            calls = [pool.submit(http_post, url, BODY, None, 30) for _ in range(16)]
+            try:
+                time.sleep(1.0)
+                early = [f.result()[0] for f in calls if f.done()]
+                assert all(status == 200 for status in early), early  # worker 0's
+                assert len(early) < len(calls)  # (2**-16: no connection went to the new worker)
+            finally:
+                os.kill(sched, signal.SIGCONT)  # the table comes: the waiting calls are answered
+            results = [f.result(timeout=30) for f in calls]
+    finally:
+        os.kill(sched, signal.SIGCONT)
+    assert [r[0] for r in results] == [200] * len(calls), [r[2][:100] for r in results]
+    assert http_get(s.url + "/v2/health/ready")[0] == 200
+
+
 def test_scheduler_down_workers_keep_serving(served_fresh: Serve) -> None:
     s = served_fresh
     sched = children(s)["scheduler"]
