@@ -23,10 +23,13 @@ SLOW_MODEL = """
 import time
 class Model:
     def predict(self, inputs):
+        if self.started:  # tells the test that a call is inside the model
+            open(self.started, "a").close()
         time.sleep(float(self.delay))
         return {"y": inputs["x"]}
     def load(self, context):
         self.delay = context.parameters.get("delay", "1.0")
+        self.started = context.parameters.get("started", "")
 """
 
 BOOM_MODEL = """
@@ -123,14 +126,19 @@ def test_kill_worker_under_load_is_restarted_and_nothing_hangs(served_fresh: Ser
 def test_kill_model_server_answers_in_flight_with_error_then_recovers(
     tmp_path: Path, serve_factory: list[Serve]
 ) -> None:
-    s = Serve(
-        tmp_path / "d", extra=["--load", str(write_model(tmp_path, "slow", SLOW_MODEL, {"delay": "2"}))]
-    )
+    started = tmp_path / "started"
+    params = {"delay": "2", "started": str(started)}
+    s = Serve(tmp_path / "d", extra=["--load", str(write_model(tmp_path, "slow", SLOW_MODEL, params))])
     serve_factory.append(s)
     s.start(wait_models=("slow",))
     with ThreadPoolExecutor(2) as pool:
         fut = pool.submit(http_post, s.url + "/v2/models/slow/infer", BODY, None, 30)
-        time.sleep(0.5)
+        # killed while the call is in the model (a call that has not reached it yet is retried on the
+        # restarted server, and answered: a fixed sleep here could not tell the two apart)
+        deadline = time.monotonic() + 10
+        while not started.exists():
+            assert time.monotonic() < deadline and not fut.done(), "the call never reached the model"
+            time.sleep(0.01)
         victim = children(s)["server headrace-0"]
         os.kill(victim, signal.SIGKILL)
         status, _, body = fut.result(timeout=30)
