@@ -17,6 +17,7 @@ SERVER_NAME = "headrace"
 # model states in which waiting cannot help: answer at once
 CANNOT_SERVE = frozenset({"ModelFailed", "ScheduleFailed", "ModelTerminating", "ModelTerminated"})
 EXTENSIONS = ["binary_tensor_data", "model_repository", "seldon_pipelines"]
+NO_ROUTES = "no routing table yet (scheduler not reached, no cached routes)"
 
 
 PIPELINE = "pipeline"
@@ -72,6 +73,7 @@ class DataPlane:
 
     def pipeline_ready(self, name: str) -> bool:
         kafka = self._kafka()
+        self._routed()
         if not kafka.pipeline_known(name):
             raise NotFoundError(f"pipeline '{name}' not found")
         return kafka.pipeline_ready(name) and self.ready()
@@ -81,6 +83,8 @@ class DataPlane:
     ) -> tuple[InferResponse, str]:
         """A pipeline call, or a model called through its topics; returns the response and the key."""
         kafka = self._kafka()
+        if not self.registry.received:
+            await self._wait_routes()
         if kind == PIPELINE:
             if not kafka.pipeline_known(name):
                 raise NotFoundError(f"pipeline '{name}' not found")
@@ -101,7 +105,7 @@ class DataPlane:
         if self.draining:
             return "draining"
         if not self.registry.received:
-            return "no routing table yet (scheduler not reached, no cached routes)"
+            return NO_ROUTES
         for check in self.health_checks:
             reason = check()
             if reason is not None:
@@ -111,8 +115,26 @@ class DataPlane:
     def server_metadata(self) -> dict[str, Any]:
         return {"name": SERVER_NAME, "version": __version__, "extensions": EXTENSIONS}
 
+    # -- routing table --------------------------------------------------------------------------
+    def _routed(self) -> None:
+        """Before its first routing table a worker knows no model or pipeline, and must not say that
+        one does not exist (404): it listens, and takes connections, while that table is on its way."""
+        if not self.registry.received:
+            raise HeadraceError(NO_ROUTES, ErrorKind.UNAVAILABLE)
+
+    async def _wait_routes(self) -> None:
+        """A call that came before the first routing table waits for it (up to the timeout)."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.timeout
+        while not self.registry.received:
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                raise HeadraceError(f"{NO_ROUTES} (waited {self.timeout:g} s)", ErrorKind.UNAVAILABLE)
+            await self.registry.wait_change(min(remaining, 1.0))
+
     # -- models ---------------------------------------------------------------------------------
     def route(self, name: str, version: str | None) -> ModelRoute:
+        self._routed()
         route = self.registry.get(name)
         if route is None:
             raise NotFoundError(f"model '{name}' not found")
@@ -139,10 +161,17 @@ class DataPlane:
 
     def infer(self, request: InferRequest) -> InferResult | Awaitable[InferResult]:
         """Inline models answer synchronously; others return an awaitable for the server call."""
+        if not self.registry.received:
+            return self._infer_once_routed(request)
         route = self.route(request.model_name, request.model_version)
         if route.inline:
             return self._infer_inline(route, request)
         return self._infer_remote(route, request)
+
+    async def _infer_once_routed(self, request: InferRequest) -> InferResult:
+        await self._wait_routes()
+        result = self.infer(request)
+        return result if isinstance(result, InferResult) else await result
 
     async def _infer_remote(self, route: ModelRoute, request: InferRequest) -> InferResult:
         """Call a model server; while no replica can take the request (one restarting, a model

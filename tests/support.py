@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -20,6 +21,23 @@ import pytest
 REPO = Path(__file__).resolve().parent.parent
 SAMPLES = REPO / "config" / "samples" / "models"
 HEADRACE = str(Path(sys.executable).parent / "headrace")
+
+#: Which embedded broker the tests run pipelines on: Apache Kafka, or Tansu (`make test-tansu`).
+TEST_BROKER_ENV = "HEADRACE_TEST_BROKER"
+BROKERS = ("kafka", "tansu")
+# what runs each broker: the executable of the embedded broker child's child
+BROKER_EXECUTABLES = {"kafka": "java", "tansu": "tansu"}
+# the brokers `Serve.broker_pid` found running, for the end of the run's summary (tests/conftest.py)
+BROKERS_SEEN: list[str] = []
+
+
+def broker_under_test() -> str:
+    """$HEADRACE_TEST_BROKER (kafka or tansu), else kafka; anything else stops the run, so a typo
+    cannot quietly test Apache Kafka instead."""
+    name = os.environ.get(TEST_BROKER_ENV, "").strip() or "kafka"
+    if name not in BROKERS:
+        raise pytest.UsageError(f"{TEST_BROKER_ENV}={name!r}: expected one of {', '.join(BROKERS)}")
+    return name
 
 
 def free_port() -> int:
@@ -58,7 +76,8 @@ class Serve:
     grpc_port: int = field(default_factory=free_port)
     control_port: int = field(default_factory=free_port)
     workers: int = 2
-    kafka: bool = False  # run the embedded Apache Kafka (on free ports) for pipelines
+    kafka: bool = False  # run an embedded broker (on free ports) for pipelines
+    broker: str = field(default_factory=broker_under_test)  # which one, when `kafka`
     kafka_port: int = field(default_factory=free_port)
     kafka_controller_port: int = field(default_factory=free_port)
     extra: list[str] = field(default_factory=list)
@@ -90,12 +109,12 @@ class Serve:
     def kafka_args(self) -> list[str]:
         if not self.kafka:
             return ["--embedded-broker", "none"]
-        return [
-            "--kafka-port",
-            str(self.kafka_port),
-            "--kafka-controller-port",
-            str(self.kafka_controller_port),
-        ]
+        if self.broker not in BROKERS:
+            raise ValueError(f"unknown embedded broker {self.broker!r}")
+        args = ["--embedded-broker", self.broker, "--kafka-port", str(self.kafka_port)]
+        if self.broker == "kafka":  # Tansu has no KRaft controller
+            args += ["--kafka-controller-port", str(self.kafka_controller_port)]
+        return args
 
     def args(self) -> list[str]:
         return [
@@ -146,6 +165,24 @@ class Serve:
             return self.log.read_text(errors="replace")[-6000:]
         except OSError:
             return ""
+
+    def broker_pid(self, timeout: float = 60.0) -> int:
+        """The pid of the broker itself (the JVM or tansu under the `broker` child), once started; fails
+        unless it is the broker this Serve was asked for, so a run cannot test the wrong one unnoticed."""
+        assert self.kafka, "this server runs no embedded broker"
+        pattern = re.compile(rf"embedded {re.escape(self.broker)} broker \(pid (\d+)\)")
+        deadline = time.monotonic() + timeout
+        while True:
+            found = pattern.findall(self.log.read_text(errors="replace"))
+            if found:
+                pid = int(found[-1])
+                exe = Path(os.readlink(f"/proc/{pid}/exe"))
+                wanted = BROKER_EXECUTABLES[self.broker]
+                assert exe.name == wanted, f"the {self.broker} broker (pid {pid}) runs {exe}, not {wanted}"
+                BROKERS_SEEN.append(f"{self.broker}: {exe} (pid {pid}) for {self.data_dir}")
+                return pid
+            assert time.monotonic() < deadline, f"no {self.broker} broker started:\n{self.log_text()}"
+            time.sleep(0.1)
 
     def child_pids(self) -> list[int]:
         assert self.proc is not None

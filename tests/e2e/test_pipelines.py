@@ -1,4 +1,5 @@
-"""Pipelines through the embedded Apache Kafka: chains over REST, gRPC and the async topic path."""
+"""Pipelines through the embedded broker (Apache Kafka, or Tansu under `make test-tansu`): chains over
+REST, gRPC and the async topic path."""
 
 from __future__ import annotations
 
@@ -123,6 +124,7 @@ def kserve(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFact
     s = Serve(root / "data", kafka=True, extra=["--load", str(SAMPLES), "--load", str(PIPELINES), *hops])
     try:
         s.start()
+        s.broker_pid()  # on the broker asked for (HEADRACE_TEST_BROKER): `make test-tansu` is on Tansu
         models = [("boom", BOOM), ("split", SPLIT), ("slow", SLOW), ("both", BOTH), ("counter", COUNTER)]
         models += [("loop", BOTH), ("done", BOTH)]
         for name, source in models:

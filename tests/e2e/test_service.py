@@ -145,7 +145,11 @@ def test_ready_is_false_while_the_broker_does_not_answer(
     tmp_path: Path, notify: NotifySocket, serve_factory: list[Serve]
 ) -> None:
     s = Serve(
-        tmp_path / "d", kafka=True, extra=["--load", str(SAMPLES)], env={"NOTIFY_SOCKET": str(notify.path)}
+        tmp_path / "d",
+        kafka=True,
+        broker="kafka",  # stops the broker's JVM: Apache Kafka whatever HEADRACE_TEST_BROKER says
+        extra=["--load", str(SAMPLES)],
+        env={"NOTIFY_SOCKET": str(notify.path)},
     )
     serve_factory.append(s)
     s.start()

@@ -1,4 +1,5 @@
-"""Real embedded brokers for the integration tier: one Apache Kafka per session on demand, or per test."""
+"""Real embedded brokers for the integration tier: one per session on demand (Apache Kafka, or Tansu under
+HEADRACE_TEST_BROKER=tansu), or per test."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from support import free_port
+from support import broker_under_test, free_port
 
 # What the brokers took to start and stop in this session, printed after the run.
 TIMINGS: list[str] = []
@@ -144,9 +145,11 @@ def broker_factory(tmp_path: Path) -> Iterator[Any]:
 
 @pytest.fixture(scope="session")
 def kafka_bootstrap(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """Bootstrap servers of an embedded Apache Kafka (KRaft) run as `headrace serve` runs it; started
-    by the first test that asks for it, stopped at the end of the session."""
-    broker = EmbeddedBroker(tmp_path_factory.mktemp("kafka"))
+    """Bootstrap servers of the embedded broker under test (Apache Kafka in KRaft mode unless
+    HEADRACE_TEST_BROKER says tansu) run as `headrace serve` runs it; started by the first test that
+    asks for it, stopped at the end of the session."""
+    flavour = broker_under_test()
+    broker = EmbeddedBroker(tmp_path_factory.mktemp(flavour), flavour)
     try:
         broker.start(timeout=90)
         yield broker.bootstrap
