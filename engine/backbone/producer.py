@@ -33,6 +33,9 @@ class AsyncProducer:
         self._loop = loop
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._serve_reports, name="kafka-producer", daemon=True)
+        # delivery reports come from whichever thread serves librdkafka's events: the reports thread
+        # polling, or one flushing (a unit handed over); the lock keeps every report for the loop
+        self._lock = threading.Lock()
         self._reports: list[tuple[asyncio.Future[None], KafkaError | None]] = []
 
     def start(self) -> None:
@@ -50,7 +53,8 @@ class AsyncProducer:
         fut: asyncio.Future[None] = self._loop.create_future()
 
         def on_delivery(err: KafkaError | None, _msg: Any) -> None:
-            self._reports.append((fut, err))  # called inside poll(), on the reports thread
+            with self._lock:  # called inside poll() or flush()
+                self._reports.append((fut, err))
 
         try:
             self._producer.produce(
@@ -83,13 +87,20 @@ class AsyncProducer:
     def _serve_reports(self) -> None:
         """Delivery reports reach the loop a poll's worth at a time: one wake-up, not one per record."""
         while not self._stop.is_set():
-            if self._producer.poll(0.05) and self._reports:
-                batch, self._reports = self._reports, []
-                self._loop.call_soon_threadsafe(_settle_all, batch)
+            self._producer.poll(0.05)
+            self._hand_over()
+
+    def _hand_over(self) -> None:
+        if not self._reports:
+            return
+        with self._lock:
+            batch, self._reports = self._reports, []
+        self._loop.call_soon_threadsafe(_settle_all, batch)
 
     def flush(self, timeout: float) -> int:
-        """Wait for queued records (call off the loop, e.g. at shutdown); returns how many remain."""
+        """Send what lingers and wait for it (call off the loop); returns how many records remain."""
         remaining: int = self._producer.flush(timeout)
+        self._hand_over()
         return remaining
 
     def close(self, timeout: float = 5.0) -> None:

@@ -7,6 +7,7 @@ Seldon's gateway waits for ever; here every call has a deadline (the pipeline's 
 from __future__ import annotations
 
 import asyncio
+import functools
 import itertools
 import logging
 import uuid
@@ -142,21 +143,27 @@ class PipelineGateway:
             raise HeadraceError(f"request id {request_id!r} is already in flight", ErrorKind.CONFLICT)
         self.pending[key] = (reply_topic, partition, fut)
         try:
-            try:
-                busy = self.busy is not None and len(self.pending) >= self.busy_calls
-                writer = self.busy if busy and self.busy is not None else self.producer
-                await writer.produce(topic, partition, key, value, record_headers)
-            except ProduceError as exc:
-                if fut.done() and not fut.cancelled():
-                    fut.exception()  # also failed by the writer's on_lost: this answer says it
-                kind = ErrorKind.TOO_LARGE if exc.too_large else ErrorKind.UNAVAILABLE
-                raise HeadraceError(f"{target.kind} {target.name}: {exc}", kind) from None
+            deadline = loop.time() + timeout
+            busy = self.busy is not None and len(self.pending) >= self.busy_calls
+            writer = self.busy if busy and self.busy is not None else self.producer
+            written = writer.produce(topic, partition, key, value, record_headers)
+            written.add_done_callback(functools.partial(_written, fut))
             try:
                 msg = await asyncio.wait_for(fut, timeout)
+                if not written.done():  # the answer came first (in memory): it waits for the ack
+                    await asyncio.wait_for(asyncio.shield(written), max(0.0, deadline - loop.time()))
+                    written.result()
             except TimeoutError:
+                what = "answer" if written.done() else "take the request (Kafka did not acknowledge it)"
                 raise HeadraceError(
-                    f"{target.kind} {target.name} did not answer within {timeout:g} s", ErrorKind.TIMEOUT
+                    f"{target.kind} {target.name} did not {what} within {timeout:g} s", ErrorKind.TIMEOUT
                 ) from None
+            except (ProduceError, HeadraceError):
+                refused = written.exception() if written.done() and not written.cancelled() else None
+                if isinstance(refused, ProduceError):  # the request's own record: 413 or 503
+                    kind = ErrorKind.TOO_LARGE if refused.too_large else ErrorKind.UNAVAILABLE
+                    raise HeadraceError(f"{target.kind} {target.name}: {refused}", kind) from None
+                raise
         finally:
             self.pending.pop(key, None)
         return Reply(self._decode(msg, request), key_text)
@@ -186,6 +193,15 @@ class PipelineGateway:
             if not fut.done():
                 fut.set_exception(HeadraceError(reason, ErrorKind.UNAVAILABLE))
         self.pending.clear()
+
+
+def _written(answer: asyncio.Future[Record], written: asyncio.Future[None]) -> None:
+    """The request's record could not be written: its caller hears so at once."""
+    if written.cancelled() or answer.done():
+        return
+    exc = written.exception()
+    if exc is not None:
+        answer.set_exception(exc)
 
 
 def _header(headers: Headers, name: str) -> str | None:
