@@ -16,7 +16,7 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 from confluent_kafka import Consumer, ConsumerGroupTopicPartitions, KafkaError, KafkaException, TopicPartition
-from confluent_kafka.admin import AdminClient, OffsetSpec  # type: ignore[attr-defined]
+from confluent_kafka.admin import AdminClient
 
 from headrace.engine.sharding import PIPELINE, Unit
 
@@ -47,6 +47,11 @@ class GroupOffsets:
     def __init__(self, conf: dict[str, Any], client: Any = None) -> None:
         self._conf = dict(conf)
         self._client = client if client is not None else AdminClient(conf)
+        # asks partitions' ends (its group id is never used: it commits nothing); it looks at the
+        # topics' metadata every second, so a topic created after it first asked is found soon
+        self._watermarks = Consumer(
+            {**self._conf, "group.id": "headrace-watermarks", "topic.metadata.refresh.interval.ms": 1000}
+        )
 
     def committed(self, group: str, tps: Iterable[TP]) -> dict[TP, int]:
         """The group's committed offset of each partition (-1 where it has none).
@@ -74,16 +79,37 @@ class GroupOffsets:
         return {(tp.topic, tp.partition): tp.offset if tp.offset >= 0 else -1 for tp in result}
 
     def latest(self, tps: Iterable[TP]) -> dict[TP, int]:
-        """Each partition's end (the offset the next record gets)."""
-        wanted = {TopicPartition(t, p): OffsetSpec.latest() for t, p in sorted(set(tps))}  # type: ignore[no-untyped-call]
-        if not wanted:
-            return {}
+        """Each partition's end (the offset the next record gets).
+
+        Asked of the broker by a consumer (never subscribing), not by the admin API: an AdminClient
+        that once asked about a topic before it existed keeps answering "no leaders found" for
+        minutes after it is created (its metadata cache), which stalled a pipeline's start. A long
+        lived consumer has the same blind spot for a while (it refreshes topics' metadata every
+        second), so a partition it does not know yet is asked of a fresh one."""
         out: dict[TP, int] = {}
-        for tp, future in self._client.list_offsets(wanted, request_timeout=TIMEOUT_S).items():
+        unknown: list[TopicPartition] = []
+        for topic, partition in sorted(set(tps)):
+            tp = TopicPartition(topic, partition)
             try:
-                out[(tp.topic, tp.partition)] = int(future.result(timeout=TIMEOUT_S).offset)
-            except (KafkaException, TimeoutError) as exc:
-                raise GroupError(f"end of {tp.topic}[{tp.partition}]: {exc}") from None
+                _, high = self._watermarks.get_watermark_offsets(tp, timeout=TIMEOUT_S, cached=False)
+            except KafkaException:
+                unknown.append(tp)
+                continue
+            out[(topic, partition)] = int(high)
+        if unknown:
+            fresh = Consumer({**self._conf, "group.id": "headrace-watermarks"})
+            try:
+                for tp in unknown:
+                    try:
+                        _, high = fresh.get_watermark_offsets(tp, timeout=TIMEOUT_S, cached=False)
+                    except KafkaException as exc:
+                        raise GroupError(f"end of {tp.topic}[{tp.partition}]: {exc}") from None
+                    out[(tp.topic, tp.partition)] = int(high)
+            finally:
+                fresh.close()
+        for (topic, partition), high in out.items():
+            if high < 0:
+                raise GroupError(f"end of {topic}[{partition}] not known yet")
         return out
 
     def commit(self, group: str, offsets: Mapping[TP, int]) -> None:
@@ -95,6 +121,9 @@ class GroupOffsets:
             futures[group].result(timeout=TIMEOUT_S)
         except (KafkaException, TimeoutError) as exc:
             raise GroupError(f"commit of {group}: {exc}") from None
+
+    def close(self) -> None:
+        self._watermarks.close()
 
     def starts(self, group: str, tps: Iterable[TP]) -> dict[TP, int]:
         """Where a unit taking these partitions begins: the group's committed offset, or the end for a
