@@ -186,35 +186,51 @@ def _split(
     members: list[str], parts: int, load: Mapping[str, int], held: Mapping[int, str]
 ) -> dict[int, str]:
     """Partitions over members, each getting ``parts // k`` or one more (those holding more already,
-    then the least loaded). A partition stays with its member while the quota allows; a member over
-    its quota gives up the partitions it scores lowest on. The free ones go by a stable matching on
-    rendezvous scores of (partition, worker), strongest pairs first. No rule looks at the resource, so
-    resources on the same members split their partitions the same way (a request's hops stay in one
-    process), and a change of members moves little more than the share that changed hands."""
+    then the least loaded). The canonical split of these members is a stable matching on rendezvous
+    scores of (partition, worker), strongest pairs first; no rule looks at the resource, so resources
+    on the same members split their partitions the same way (a request's hops stay in one process).
+    A partition stays with its member while the quota allows — those the canonical split gives that
+    member first — and the free ones go where the canonical split puts them when there is room: a
+    change of members moves little more than the share that changed hands, and what moves heads back
+    to the canonical split (resources drawn apart, e.g. by a multiplier of 1, line up again)."""
     q, extra = divmod(parts, len(members))
     counts = {w: 0 for w in members}
     for worker in held.values():
         if worker in counts:
             counts[worker] += 1
     plus = set(sorted(members, key=lambda w: (-min(counts[w], q + 1), load[w], w))[:extra])
-    quota = {w: q + (1 if w in plus else 0) for w in members}
+    quotas = {w: q + (1 if w in plus else 0) for w in members}
+    canon = _match(list(range(parts)), members, dict(quotas))
+    quota = dict(quotas)
     out: dict[int, str] = {}
     kept: dict[str, list[int]] = {w: [] for w in members}
     for partition, worker in held.items():
         if worker in kept:
             kept[worker].append(partition)
     for worker, mine in kept.items():
-        mine.sort(key=lambda p: (-_h(f"{p}@{worker}"), p))
+        mine.sort(key=lambda p: (canon[p] != worker, -_h(f"{p}@{worker}"), p))
         for partition in mine[: quota[worker]]:
             out[partition] = worker
         quota[worker] -= min(len(mine), quota[worker])
     free = [p for p in range(parts) if p not in out]
-    if free:
-        pairs = sorted(((_h(f"{p}@{w}"), p, w) for p in free for w in members), reverse=True)
-        for _, partition, worker in pairs:
-            if partition not in out and quota[worker] > 0:
-                quota[worker] -= 1
-                out[partition] = worker
+    for partition in free:
+        worker = canon[partition]
+        if quota[worker] > 0:
+            quota[worker] -= 1
+            out[partition] = worker
+    out.update(_match([p for p in free if p not in out], members, quota))
+    return out
+
+
+def _match(partitions: list[int], members: list[str], quota: dict[str, int]) -> dict[int, str]:
+    """A stable matching of partitions to members with these quotas: strongest (partition, worker)
+    rendezvous pairs first."""
+    pairs = sorted(((_h(f"{p}@{w}"), p, w) for p in partitions for w in members), reverse=True)
+    out: dict[int, str] = {}
+    for _, partition, worker in pairs:
+        if partition not in out and quota[worker] > 0:
+            quota[worker] -= 1
+            out[partition] = worker
     return out
 
 
