@@ -47,7 +47,7 @@ from headrace.engine.kafka.config import (
 from headrace.engine.kafka.ready import BrokerNotReady, wait_ready
 from headrace.engine.ownership import ACTIVE, DRAINING, TAKING, TP, Held, Holdings
 from headrace.engine.sharding import MODEL_GATEWAY, PIPELINE, Unit, slot_of
-from headrace.gateway.control import RoutingTable, UnitRoute
+from headrace.gateway.control import Handover, RoutingTable, UnitRoute
 from headrace.gateway.dataplane import DataPlane
 from headrace.gateway.oip.types import InferRequest, InferResponse
 
@@ -101,7 +101,9 @@ class DataNode:
         self._model_topics: dict[str, bool] = {}
         # the steps' records (models' topics) linger long; pipelines' records (what topic readers of
         # the async path wait for) and errors only briefly
-        steps = self._loopback(self.hop_producer, offloadable=self._is_model_topic)
+        # a step's record for another worker is waited for there: it goes through the producer that
+        # does not linger
+        steps = self._loopback(self.hop_producer, offloadable=self._is_model_topic, remote=self.producer)
         busy = self._loopback(self.busy_producer)
         fast = self._loopback(self.producer)
         self._writers = [steps, busy, fast]
@@ -124,7 +126,7 @@ class DataNode:
         self.errors: dict[str, str] = {}
         # what this worker handed over, for the unit's next owner: records to handle again (they
         # waited in joins), by unit
-        self.released: dict[str, list[tuple[str, int, int]]] = {}
+        self.released: dict[str, Handover] = {}
         self.leaving = False
         self.forward: Forward | None = None
         self.on_change: Callable[[], None] | None = None
@@ -135,7 +137,10 @@ class DataNode:
         self._turn = 0
 
     def _loopback(
-        self, producer: AsyncProducer, offloadable: Callable[[str], bool] | None = None
+        self,
+        producer: AsyncProducer,
+        offloadable: Callable[[str], bool] | None = None,
+        remote: AsyncProducer | None = None,
     ) -> LoopbackProducer:
         return LoopbackProducer(
             producer,
@@ -147,6 +152,7 @@ class DataNode:
             enabled=self.settings.local_hops,
             offload=self.offload if offloadable is not None else None,
             offloadable=offloadable,
+            remote=remote,
         )
 
     def _producers(self) -> list[AsyncProducer]:
@@ -248,11 +254,18 @@ class DataNode:
     async def _take(self, held: Held, route: UnitRoute) -> None:
         """Start a unit: its group's offsets (or the partitions' ends), records its last owner asks to
         be handled again, then the consumer reads from there."""
+        handed = {(t, p): o for t, p, o in route.starts}
+        began = self.loop.time()
         while self.holdings.get(held.unit) is held:
             grouped, replies = self._reads_of(held.unit)
             try:
-                starts = await self._admin_call(self.groups.starts, held.group, grouped)
-                ends = await self._admin_call(self.groups.latest, replies - grouped)
+                # where its last owner's fence is, when it handed the unit over; else its group's offsets
+                starts = {tp: handed[tp] for tp in grouped if tp in handed}
+                if len(starts) < len(grouped):
+                    looked = await self._admin_call(self.groups.starts, held.group, grouped - set(starts))
+                    starts.update(looked)
+                fresh = replies - grouped - self._assigned
+                ends = await self._admin_call(self.groups.latest, fresh) if fresh else {}
             except GroupError as exc:
                 log.debug("unit %s not ready: %s", held.unit, exc)
                 await asyncio.sleep(RETRY_S)
@@ -272,7 +285,8 @@ class DataNode:
                 continue
             if self.holdings.get(held.unit) is held and held.state == TAKING:
                 held.state = ACTIVE
-                log.debug("unit %s active from %s", held.unit, starts)
+                took = (self.loop.time() - began) * 1000
+                log.info("unit %s taken in %.0f ms%s", held.unit, took, " (handed over)" * bool(handed))
                 self._mark_running()
                 self._notify()
             return
@@ -336,10 +350,13 @@ class DataNode:
         are written, records waiting in joins are listed for the next owner, who handles them
         again); the fence is committed for the unit's group, where the next owner starts."""
         unit = held.unit
-        deadline = self.loop.time() + self.settings.grace_period_s
+        began = self.loop.time()
+        deadline = began + self.settings.grace_period_s
         partition = unit.partition
         pending = [f for w in self._writers for f in w.pending(partition)]
         if pending:
+            # send what lingers now rather than at the end of its linger
+            await self._admin_call(self._flush_producers)
             await asyncio.wait(pending, timeout=max(0.0, deadline - self.loop.time()))
         try:
             held.fence = await self._admin_call(self.groups.latest, list(held.reads))
@@ -368,12 +385,22 @@ class DataNode:
         for tp in held.reads:
             tracker.forget(tp)
         self.holdings.remove(unit)
-        if replay:
-            self.released[str(unit)] = replay
-        log.debug("unit %s released at %s (%d to handle again)", unit, commit, len(replay))
+        self.released[str(unit)] = Handover(
+            starts=sorted((t, p, o) for (t, p), o in commit.items()), replay=replay
+        )
+        log.info(
+            "unit %s handed over in %.0f ms (%d records to handle again)",
+            unit,
+            (self.loop.time() - began) * 1000,
+            len(replay),
+        )
         self._unread_unused()
         self._mark_running()
         self._notify()
+
+    def _flush_producers(self) -> None:
+        for producer in self._producers():
+            producer.flush(1.0)
 
     def _only_joins_left(self, held: Held) -> bool:
         """Draining: everything below the fence was read, and what is not finished waits in joins."""
@@ -712,6 +739,7 @@ class DataNode:
             producer.close()
         self.offload.close()
         self._admin.shutdown(wait=False)
+        self.groups.close()
 
 
 class SplitWriter:

@@ -72,8 +72,16 @@ class UnitRoute(msgspec.Struct, frozen=True, kw_only=True):
     owner: str  # worker id "<instance>/<index>"
     waiting: list[str] = []
     active: bool = False  # the owner reported it holds the unit and serves it
-    # records its last owner left waiting in joins, (topic, partition, offset): the owner handles
-    # them again before the ones after the unit's committed offset
+    # from its last owner's handover: where each of its partitions starts (the fence), and records it
+    # left waiting in joins, which the owner handles again first; (topic, partition, offset) each
+    starts: list[tuple[str, int, int]] = []
+    replay: list[tuple[str, int, int]] = []
+
+
+class Handover(msgspec.Struct, frozen=True, kw_only=True):
+    """What a worker that released a unit tells its next owner (through the scheduler)."""
+
+    starts: list[tuple[str, int, int]] = []
     replay: list[tuple[str, int, int]] = []
 
 
@@ -138,8 +146,8 @@ class WorkerReport(msgspec.Struct, frozen=True, kw_only=True):
     held: dict[str, str] = {}
     leaving: bool = False  # stopping: its units go to other workers first
     forward: WorkerAddr | None = None
-    # units it handed over with records waiting in joins: their next owner handles them again
-    released: dict[str, list[tuple[str, int, int]]] = {}
+    # units it handed over, until their next owner serves them
+    released: dict[str, Handover] = {}
     inline: list[LoadedModel] = []
     # pipeline name -> version this worker runs (its consumer holds the pipeline's topics)
     pipelines: dict[str, int] = {}

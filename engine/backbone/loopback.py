@@ -198,8 +198,12 @@ class LoopbackProducer:
         enabled: bool = True,
         offload: HopOffload | None = None,
         offloadable: Callable[[str], bool] | None = None,
+        remote: AsyncProducer | None = None,
     ) -> None:
         self.producer = producer
+        # records for partitions this worker does not read (another worker waits for them) go through
+        # this one (e.g. a producer that does not linger), when given
+        self.remote = remote or producer
         self.ledger = ledger
         self.is_local = is_local
         self.deliver = deliver
@@ -224,7 +228,9 @@ class LoopbackProducer:
         if any(name == OFFLOAD_HEADER for name, _ in headers):
             headers = [(n, v) for n, v in headers if n != OFFLOAD_HEADER]  # nor an upstream reference
         if not self.enabled or not self.is_local(topic, partition):
-            written = self.producer.produce(topic, partition, key, value, headers)
+            written = (self.remote if self.enabled else self.producer).produce(
+                topic, partition, key, value, headers
+            )
             self.last[(topic, partition)] = written
             return written
         parked = None

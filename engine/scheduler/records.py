@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 
 from headrace.config.errors import ConfigError
 from headrace.config.manifests import ModelManifest, ServerManifest, detect_runtime
-from headrace.gateway.control import LoadedModel, ModelSpec, ServerDesired, WorkerAddr
+from headrace.gateway.control import Handover, LoadedModel, ModelSpec, ServerDesired, WorkerAddr
 
 LOADED = "Loaded"
 LOAD_FAILED = "LoadFailed"
@@ -46,7 +46,7 @@ class Worker:
     held: dict[str, str] = field(default_factory=dict)  # unit -> "active" | "draining"
     leaving: bool = False
     forward: WorkerAddr | None = None
-    released: dict[str, list[tuple[str, int, int]]] = field(default_factory=dict)
+    released: dict[str, Handover] = field(default_factory=dict)
 
 
 @dataclass

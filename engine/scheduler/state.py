@@ -514,7 +514,7 @@ class SchedulerState:
             worker.held = dict(report.held)
             worker.leaving = report.leaving
             worker.forward = report.forward
-            worker.released = {u: list(rs) for u, rs in report.released.items()}
+            worker.released = dict(report.released)
             worker.inline = {m.name: m for m in report.inline}
             worker.pipelines = dict(report.pipelines)
             worker.pipeline_errors = {n: e for n, e in report.pipeline_errors.items() if e}

@@ -13,7 +13,7 @@ from collections.abc import Iterable, Mapping
 
 from headrace.engine.scheduler.store import Store
 from headrace.engine.sharding import MODEL_GATEWAY, PIPELINE, ShardingConfig, Unit, place
-from headrace.gateway.control import UnitRoute
+from headrace.gateway.control import Handover, UnitRoute
 
 log = logging.getLogger("headrace.scheduler")
 
@@ -55,27 +55,40 @@ class UnitBook:
     def routes(
         self,
         held: Mapping[str, Mapping[str, str]],
-        released: Mapping[str, Mapping[str, list[tuple[str, int, int]]]] | None = None,
+        released: Mapping[str, Mapping[str, Handover]] | None = None,
     ) -> dict[str, UnitRoute]:
         """Each unit's route, given what live workers hold (worker -> unit -> state) and what they
-        handed over with records still waiting in joins (worker -> unit -> records). A worker holding
-        a unit it is not the target of is waited for; a unit held by nobody else goes to its owner,
-        with the records to handle again."""
+        handed over (worker -> unit -> handover). A worker holding a unit it is not the target of is
+        waited for; a unit held by nobody else goes to its owner, with where to start and the records
+        to handle again (of two handovers of one unit, the later offsets win)."""
         holders: dict[str, list[str]] = {}
         for worker, units in held.items():
             for unit in units:
                 holders.setdefault(unit, []).append(worker)
-        replays: dict[str, list[tuple[str, int, int]]] = {}
+        starts: dict[str, dict[tuple[str, int], int]] = {}
+        replays: dict[str, set[tuple[str, int, int]]] = {}
         for handed in (released or {}).values():
-            for unit, records in handed.items():
-                replays.setdefault(unit, []).extend((str(a), int(b), int(c)) for a, b, c in records)
+            for unit, handover in handed.items():
+                mine = starts.setdefault(unit, {})
+                for topic, partition, offset in handover.starts:
+                    mine[(topic, partition)] = max(offset, mine.get((topic, partition), -1))
+                replays.setdefault(unit, set()).update(
+                    (str(a), int(b), int(c)) for a, b, c in handover.replay
+                )
         out: dict[str, UnitRoute] = {}
         for target, owner in sorted(self.target.items()):
             key = str(target)
             waiting = sorted(w for w in holders.get(key, ()) if w != owner)
             active = held.get(owner, {}).get(key) == ACTIVE and not waiting
-            replay = [] if active else sorted(replays.get(key, []))
-            out[key] = UnitRoute(owner=owner, waiting=waiting, active=active, replay=replay)
+            if active or key not in starts:
+                out[key] = UnitRoute(owner=owner, waiting=waiting, active=active)
+                continue
+            out[key] = UnitRoute(
+                owner=owner,
+                waiting=waiting,
+                starts=sorted((t, p, o) for (t, p), o in starts[key].items()),
+                replay=sorted(replays.get(key, ())),
+            )
         return out
 
     def units_of(self, kind: str, name: str) -> dict[int, str]:
