@@ -99,8 +99,10 @@ class Load:
 
 def control(s: Serve, *args: str) -> str:
     env = {**os.environ, "HEADRACE_CONTROL_URL": s.control}
-    proc = subprocess.run([HEADRACE, *args], capture_output=True, text=True, env=env, timeout=60)
-    assert proc.returncode == 0, proc.stdout + proc.stderr
+    proc = subprocess.run([HEADRACE, *args], capture_output=True, text=True, env=env, timeout=90)
+    if proc.returncode != 0:
+        units = subprocess.run([HEADRACE, "sharding", "status"], capture_output=True, text=True, env=env)
+        raise AssertionError(f"{args}: {proc.stdout}{proc.stderr}\n{units.stdout}\n{s.log_text()}")
     return proc.stdout
 
 
