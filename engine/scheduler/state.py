@@ -8,6 +8,8 @@ import threading
 import time
 from collections.abc import Callable, Iterable
 
+import msgspec
+
 from headrace.config.errors import ConfigError, ErrorKind, HeadraceError, NotFoundError
 from headrace.config.manifests import ModelManifest, ServerManifest
 from headrace.config.pipelines import PipelineManifest, external_sources, find_pipeline_cycle
@@ -587,11 +589,27 @@ class SchedulerState:
             pipeline = self.pipelines.get(name)
             if pipeline is None:
                 raise NotFoundError(f"pipeline {name} not found")
-            return self.pipeline_views.status(pipeline)
+            return self._with_replicas(self.pipeline_views.status(pipeline))
 
     def pipeline_statuses(self) -> list[st.PipelineStatus]:
         with self._cond:
-            return [self.pipeline_views.status(p) for _, p in sorted(self.pipelines.items())]
+            return [
+                self._with_replicas(self.pipeline_views.status(p)) for _, p in sorted(self.pipelines.items())
+            ]
+
+    def _with_replicas(self, status: st.PipelineStatus) -> st.PipelineStatus:
+        """The cluster's dataflow and pipeline-gateway replicas by Seldon's formulas."""
+        config = self.units.config
+        replicas = len(self.placement_workers())
+        shards = min(config.shards, max(1, replicas))
+        pipelines = sum(1 for p in self.pipelines.values() if not p.terminating)
+        return msgspec.structs.replace(
+            status,
+            dataflow_replicas=dataflow_replicas(replicas, pipelines, shards),
+            pipeline_gateway_replicas=pipeline_gateway_replicas(
+                replicas, pipelines, config.max_consumers, shards
+            ),
+        )
 
     # ----------------------------------------------------------------------------- topic manager
 

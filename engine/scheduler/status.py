@@ -122,6 +122,9 @@ class PipelineStatus(msgspec.Struct, frozen=True, kw_only=True, rename="camel"):
     conditions: list[Condition] = []
     workers: list[PipelineWorker] = []
     workers_used: int = 0  # distinct workers the pipeline's units are placed on
+    # the cluster's replicas by Seldon's formulas (dataflow, pipeline gateway), for comparison
+    dataflow_replicas: int = 0
+    pipeline_gateway_replicas: int = 0
     updated_at: float = 0.0
 
     def condition(self, type_: str) -> Condition | None:

@@ -395,8 +395,11 @@ def _pipeline_detail(s: st.PipelineStatus) -> None:
     missing = [t.name for t in s.topics if not t.exists]
     if missing:
         console.print(f"missing topics: {', '.join(missing)}")
+    console.print(
+        f"runs on {s.workers_used} workers; the cluster's replicas by Seldon's formulas: dataflow "
+        f"{s.dataflow_replicas}, pipeline gateway {s.pipeline_gateway_replicas}"
+    )
     if s.workers:
-        console.print(f"runs on {s.workers_used} workers")
         table = Table("WORKER", "VERSION", "PARTITIONS", "SERVING", "HANDING OVER", "ERROR", box=None)
         for w in s.workers:
             table.add_row(

@@ -64,7 +64,9 @@ def test_both_instances_serve_models_and_pipelines(two: tuple[Serve, Serve]) -> 
     assert {w["worker"].split("/")[0] for w in status["workers"] if w["active"]} == set(
         instances(json.loads(control(first, "sharding", "status", "-o", "json")))
     )
-    assert status["workersUsed"] == 4  # min(4 workers, 1 pipeline x 8 partitions)
+    assert status["workersUsed"] == 4
+    assert status["dataflowReplicas"] == 4  # Seldon's min(4 workers, 1 pipeline x 8 partitions)
+    assert status["pipelineGatewayReplicas"] == 4
     for s in two:
         code, _ = http_get(s.url + "/v2/pipelines/demo/ready")
         assert code == 200
@@ -108,3 +110,19 @@ def test_killing_the_scheduler_under_load_fails_no_request(two: tuple[Serve, Ser
         grow_while_loaded(on_first, on_first.count(), more=60)
     check_every_answer(first, on_first)
     check_every_answer(first, on_second)
+
+
+def test_an_instance_killed_outright_fails_no_request_made_through_the_others(
+    two: tuple[Serve, Serve],
+) -> None:
+    first, second = two
+    gone = (second.data_dir / "instance-id").read_text().strip()
+    with Load(first) as load:
+        grow_while_loaded(load, 0)
+        assert second.proc is not None
+        os.killpg(second.proc.pid, signal.SIGKILL)  # no handover: its units move once it is silent
+        second.proc.wait(10)
+        grow_while_loaded(load, load.count())
+        settle(first, lambda st: gone not in instances(st), "its units taken over", timeout=90)
+        grow_while_loaded(load, load.count())
+    check_every_answer(first, load)
