@@ -98,8 +98,12 @@ class PipelineViews:
                 models.append((step.name, "not loaded"))
                 continue
             status = self.views.model_status(model)
+            gateway = status.condition(st.MODEL_GW)
             if status.state != st.AVAILABLE:
                 models.append((step.name, f"{status.state}: {status.reason}".rstrip(": ")))
+            elif gateway is not None and gateway.status != "True":
+                # in a pipeline a model is ready once the model gateway serves its topics too (Seldon)
+                models.append((step.name, f"model gateway {gateway.message}"))
         ready_topics = self.topics_view.ready
         names = pipeline_topics(p.manifest, self.topics)
         topics = [st.PipelineTopic(name=t, exists=t in ready_topics) for t in names]

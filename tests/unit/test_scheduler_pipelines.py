@@ -90,7 +90,8 @@ def models_loaded(state: SchedulerState, *names: str) -> None:
 
 
 def worker(state: SchedulerState, index: int, errors: dict[str, str] | None = None, **pipelines: int) -> None:
-    """Worker ``index`` reports, then serves the units the table gives it of the pipelines it runs."""
+    """Worker ``index`` reports, then serves the units the table gives it: the model gateway's, and
+    those of the pipelines it runs."""
     me = f"local/{index}"
 
     def report(held: dict[str, str]) -> None:
@@ -106,13 +107,17 @@ def worker(state: SchedulerState, index: int, errors: dict[str, str] | None = No
         )
 
     known = state.workers.get(me)
-    report(dict(known.held) if known is not None else {})
+    units = state.routes().units
+    # what it still holds of what the table gives it (it hands the rest over)
+    report({u: v for u, v in known.held.items() if units.get(u) and units[u].owner == me} if known else {})
     units = state.routes().units
     report(
         {
             u: "active"
             for u, r in units.items()
-            if r.owner == me and not r.waiting and u.split(":")[:2] in (["pipeline", p] for p in pipelines)
+            if r.owner == me
+            and not r.waiting
+            and (u.startswith("modelgw:") or u.split(":")[:2] in (["pipeline", p] for p in pipelines))
         }
     )
 
@@ -147,11 +152,18 @@ def test_waits_for_models_then_topics_then_workers(tmp_path: Path, repo: Path, c
     state.load([model(repo, "a")])
     models_loaded(state, "a")
     status = state.pipeline_status("p")
-    assert status.reason == "waiting for models: b"
+    # a is on its server, but in a pipeline the model gateway must serve its topics too (Seldon)
+    assert status.reason == "waiting for models: a, b"
+    assert conditions(status)["ModelsReady"] == ("False", "a: model gateway no workers yet; b: not loaded")
+    for index in (0, 1, 0, 1):  # the workers take the model gateway's units (no pipeline running yet)
+        worker(state, index)
+    assert state.pipeline_status("p").reason == "waiting for models: b"
     state.load([model(repo, "b")])
     assert state.pipeline_status("p").reason == "waiting for models: b"
     assert "b: ModelProgressing" in conditions(state.pipeline_status("p"))["ModelsReady"][1]
     models_loaded(state, "a", "b")
+    for index in (0, 1, 0, 1):
+        worker(state, index)
     status = state.pipeline_status("p")
     assert (status.state, status.reason) == ("PipelineCreating", "waiting for Kafka topics")
     assert conditions(status)["ModelsReady"] == ("True", "2/2 models available")
@@ -180,7 +192,7 @@ def test_waits_for_models_then_topics_then_workers(tmp_path: Path, repo: Path, c
         route.ready and route.state == "PipelineCreating" and route.message == "starting version 1 on workers"
     )
     status = state.pipeline_status("p")
-    assert (status.state, status.reason) == ("PipelineCreating", "waiting for a worker to report")
+    assert (status.state, status.reason) == ("PipelineCreating", "0/8 units ready (version 1)")
     assert all(t.exists for t in status.topics)
 
     worker(state, 0)
