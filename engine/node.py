@@ -135,6 +135,7 @@ class DataNode:
         self._committing = False
         self._started = False
         self._turn = 0
+        self._said: dict[str, Any] = {}  # the report last announced
 
     def _loopback(
         self,
@@ -229,7 +230,9 @@ class DataNode:
                 if held.state != DRAINING:
                     self._start_drain(held)
             elif held.state == ACTIVE and (held.task is None or held.task.done()):
-                held.task = asyncio.ensure_future(self._extend(held))
+                grouped, replies = self._reads_of(held.unit)
+                if grouped != set(held.reads) or replies != held.replies:
+                    held.task = asyncio.ensure_future(self._extend(held))
         self._mark_running()
         self._notify()
 
@@ -434,10 +437,14 @@ class DataNode:
         self.running = running
 
     def _notify(self) -> None:
+        """Wake calls waiting for a unit; tell the scheduler when what the report says changed."""
         self._changed.set()
         self._changed = asyncio.Event()
-        if self.on_change is not None:
-            self.on_change()
+        said = self.report()
+        if said != self._said:
+            self._said = said
+            if self.on_change is not None:
+                self.on_change()
 
     def report(self) -> dict[str, Any]:
         """What the worker's report says of its Kafka roles (read from the reporting thread)."""
