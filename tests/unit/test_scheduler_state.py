@@ -282,6 +282,13 @@ def test_silent_holders_stop_blocking_termination(tmp_path: Path, repo: Path) ->
     assert state.model_statuses() == []
 
 
+def restart(tmp_path: Path, clock: Clock, **options: float) -> SchedulerState:
+    """The scheduler started again on the same store (one server replica)."""
+    servers = [ServerManifest(name="headrace", replicas=1)]
+    store = Store(tmp_path / "data" / "scheduler.db")
+    return SchedulerState(servers, store, lambda s, i: f"/run/{s}-{i}.sock", 100 * MiB, clock, **options)
+
+
 def test_a_restarted_scheduler_holds_control_changes_until_its_workers_are_back(
     tmp_path: Path, repo: Path
 ) -> None:
@@ -293,14 +300,7 @@ def test_a_restarted_scheduler_holds_control_changes_until_its_workers_are_back(
         first.report_worker(WorkerReport(index=index, pid=5, routes_version=0))
     first.close()
 
-    restored = SchedulerState(
-        [ServerManifest(name="headrace", replicas=1)],
-        Store(tmp_path / "data" / "scheduler.db"),
-        lambda s, i: f"/run/{s}-{i}.sock",
-        100 * MiB,
-        clock,
-        sync_wait_s=0.2,
-    )
+    restored = restart(tmp_path, clock, sync_wait_s=0.2)
     report(restored, 0, ("echo", 1, "Loaded"))
     restored.report_worker(WorkerReport(index=0, pid=5, routes_version=0))
     with pytest.raises(HeadraceError) as err:
@@ -321,15 +321,7 @@ def test_a_worker_that_never_returns_holds_control_only_until_the_ready_timeout(
     report(first, 0)
     first.report_worker(WorkerReport(index=3, pid=5, routes_version=0))
     first.close()
-    restored = SchedulerState(
-        [ServerManifest(name="headrace", replicas=1)],
-        Store(tmp_path / "data" / "scheduler.db"),
-        lambda s, i: f"/run/{s}-{i}.sock",
-        100 * MiB,
-        clock,
-        ready_timeout_s=60,
-        sync_wait_s=0,
-    )
+    restored = restart(tmp_path, clock, ready_timeout_s=60, sync_wait_s=0)
     report(restored, 0)
     with pytest.raises(HeadraceError, match="worker local/3"):
         restored.load([manifest(repo)])
