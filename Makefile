@@ -13,7 +13,7 @@ DIST_DIR ?= dist
 DIST_BUILD ?= build/pyz
 DIST := $(DIST_DIR)/headrace.pyz
 
-.PHONY: install run test test-tansu lint fmt bench loadtest clean kafka-jars dist proto
+.PHONY: install run test test-tansu lint fmt bench bench-models bench-pipelines bench-sharding loadtest clean kafka-jars dist proto
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -76,12 +76,20 @@ fmt: install
 	$(BIN)/ruff check --fix .
 	$(BIN)/ruff format .
 
-## Benchmarks: headrace against MLServer, Triton and a raw uvloop+httptools floor, in one run.
-bench: install
+## Benchmarks: every suite below, one after the other (BENCH_ARGS goes to each).
+bench: bench-models bench-pipelines bench-sharding
+
+## Models: headrace against MLServer, Triton and the REST and gRPC floors (about 20 minutes).
+bench-models: install
 	$(BIN)/python -m loadtests.bench $(BENCH_ARGS)
 
+## Pipelines: 1- to 5-step chains, a diamond, batching, 4 MiB, against a Triton ensemble and Ray Serve.
 bench-pipelines: install
 	$(BIN)/python -m loadtests.bench.pipelines $(BENCH_ARGS)
+
+## Sharding: simulated placement of 100 x 16 workers; p99 while workers join and leave under load.
+bench-sharding: install
+	$(BIN)/python -m loadtests.bench.sharding $(BENCH_ARGS)
 
 ## A locust scenario, headless, against a running server (REST at TARGET, gRPC :9500, control :9004 on
 ## its host); prints requests, failures, RPS and p50/p90/p99 per request type; fails if any request did.

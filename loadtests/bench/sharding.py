@@ -55,6 +55,7 @@ class Change:
 @dataclass
 class Window:
     what: str
+    steady: int = 0  # the steady window its p99 is compared with (the placement's own, after a change)
     runs: list[Measurement] = field(default_factory=list)
 
     def p99(self) -> float:
@@ -156,8 +157,12 @@ class Live:
         self.url = f"http://127.0.0.1:{http}/v2/models/demo/infer"
         self.pid = server.proc.pid
         names = ("steady", "a worker joins", "the newest worker leaves")
-        names += ("maxShardCountMultiplier 8 -> 1", "maxShardCountMultiplier 1 -> 8")
-        windows = [Window(w) for w in names]
+        names += (
+            "maxShardCountMultiplier 8 -> 1",
+            "steady at multiplier 1",
+            "maxShardCountMultiplier 1 -> 8",
+        )
+        windows = [Window(w, base) for w, base in zip(names, (0, 0, 0, 4, 4, 0), strict=True)]
         try:
             wait_ready(server, f"http://127.0.0.1:{http}/v2/pipelines/demo/ready", 180.0)
             self._settled()
@@ -170,7 +175,8 @@ class Live:
                 windows[1].runs.append(self._around(lambda: os.kill(self.pid, signal.SIGTTIN)))
                 windows[2].runs.append(self._around(lambda: os.kill(self.pid, signal.SIGTTOU)))
                 windows[3].runs.append(self._around(lambda: self._multiplier(1)))
-                windows[4].runs.append(self._around(lambda: self._multiplier(0)))
+                windows[4].runs.append(self._load(self.args.duration))
+                windows[5].runs.append(self._around(lambda: self._multiplier(0)))
         finally:
             server.stop()
         return windows
@@ -226,11 +232,14 @@ def report(args: argparse.Namespace, first: float, changes: list[Change], window
     ]
     if not windows:
         return "\n".join(lines) + "\n"
-    steady = windows[0]
     lines += [
         "",
         f"## Rebalance under load: demo pipeline (echo then sum), wrk c={args.conns}, "
         f"{args.duration:g} s windows x {args.repeats}",
+        "",
+        "The change is made a second into its window. A window is compared with the steady window of the",
+        "placement it leads to (a multiplier of 1 spreads each resource over one worker: on one host a",
+        "request's steps then cross workers, which is slower in itself).",
         "",
         "| window | requests | errors | p50 ms | p99 ms | p99 / steady |",
         "|---|---|---|---|---|---|",
@@ -238,6 +247,7 @@ def report(args: argparse.Namespace, first: float, changes: list[Change], window
     for w in windows:
         if not w.runs:
             continue
+        steady = windows[w.steady]
         ratio = w.p99() / steady.p99() if steady.runs and steady.p99() else float("nan")
         lines.append(
             f"| {w.what} | {w.requests():,} | {w.errors()} | {w.p50():.2f} | {w.p99():.2f} | {ratio:.2f}x |"
