@@ -54,6 +54,7 @@ from headrace.gateway.oip.types import InferRequest, InferResponse
 log = logging.getLogger("headrace.node")
 
 COMMIT_INTERVAL_S = 1.0
+_UNPARSED: Any = object()
 RETRY_S = 0.25  # a unit whose topics do not exist yet is tried again after this
 DRAIN_POLL_S = 0.005
 #: Forwards a call to the worker that serves it: (worker id, target, request, headers, timeout).
@@ -136,6 +137,7 @@ class DataNode:
         self._started = False
         self._turn = 0
         self._said: dict[str, Any] = {}  # the report last announced
+        self._parsed: dict[str, t.TopicRef | None] = {}  # topic -> what it is, parsed once
 
     def _loopback(
         self,
@@ -287,7 +289,7 @@ class DataNode:
                 await asyncio.sleep(RETRY_S)
                 continue
             if self.holdings.get(held.unit) is held and held.state == TAKING:
-                held.state = ACTIVE
+                self.holdings.set_state(held, ACTIVE)
                 took = (self.loop.time() - began) * 1000
                 log.info("unit %s taken in %.0f ms%s", held.unit, took, " (handed over)" * bool(handed))
                 self._mark_running()
@@ -342,7 +344,7 @@ class DataNode:
             self.holdings.remove(held.unit)
             self._unread_unused()
             return
-        held.state = DRAINING
+        self.holdings.set_state(held, DRAINING)
         held.task = asyncio.ensure_future(self._drain(held))
         self._notify()
 
@@ -564,14 +566,17 @@ class DataNode:
             if msg.error() is not None:
                 log.warning("consumer: %s", msg.error())
                 continue
+            headers = msg.headers()
+            seq = own(headers)
+            if seq is not None and self.hops.early(seq, functools.partial(self._dispatch, [msg])):
+                continue  # back before it was handed over in memory: dispatched once it has been
             tp = (msg.topic() or "", msg.partition() or 0)
             offset = msg.offset() or 0
             takers = [h for h in self.holdings.readers(tp) if h.takes(tp, offset)]
-            seq = own(msg.headers())
             if seq is not None:
                 holders, joined = self.hops.holders(seq)
-                took = [h for h in takers if h.unit in holders]
-                rest = [h for h in takers if h.unit not in holders]
+                took = [h for h in takers if h in holders]
+                rest = [h for h in takers if h not in holders]
                 for h in took:
                     self.holdings.trackers[h.group].begin(tp, offset)
                     if joined:
@@ -580,7 +585,7 @@ class DataNode:
                 if rest:
                     self._handle(msg, rest, tp, offset, replies=False)
                 continue
-            parked = offload_header(msg.headers())
+            parked = offload_header(headers)
             if parked is not None:
                 record = self._resolve_parked(msg, parked)
                 if record is None:
@@ -621,7 +626,7 @@ class DataNode:
         takers = [h for h in self.holdings.readers(tp) if h.takes_local()]
         routed = self._route(record, takers, replies=True)
         joined = any(j for _, _, j in routed)
-        self.hops.handled_by(record.seq, frozenset(h.unit for h in takers), joined)
+        self.hops.handled_by(record.seq, tuple(takers), joined)
         _when_all(
             [f for _, futures, _ in routed for f in futures],
             functools.partial(self.hops.handled, record.seq),
@@ -633,7 +638,9 @@ class DataNode:
         """Hand a record to the roles of the units that take it; per unit, the futures of its work and
         whether the record waits in a join. Callers' answers go to the pipeline gateway."""
         topic = msg.topic() or ""
-        ref = self.topics.parse(topic)
+        ref = self._parsed.get(topic, _UNPARSED)
+        if ref is _UNPARSED:
+            ref = self._parsed[topic] = self.topics.parse(topic)
         if replies and (topic == self.topics.errors or (ref is not None and ref.direction == t.OUTPUTS)):
             self.gateway.on_reply(msg)
         out: list[tuple[Held, list[asyncio.Future[None]], bool]] = []
@@ -650,7 +657,11 @@ class DataNode:
                     out.append((h, [done], False))
                 else:
                     out.append((h, [], False))
-        if pipelines:
+        if len(pipelines) == 1:  # the common case: one pipeline's unit reads this partition here
+            [(name, h)] = pipelines.items()
+            routed = self.dataflow.on_record(msg, pipelines) if self.dataflow.handles(topic) else []
+            out.append((h, [f for _, f, _ in routed], any(j for _, _, j in routed)))
+        elif pipelines:
             by_unit: dict[str, tuple[list[asyncio.Future[None]], bool]] = {n: ([], False) for n in pipelines}
             if self.dataflow.handles(topic):
                 for name, fut, joined in self.dataflow.on_record(msg, pipelines):

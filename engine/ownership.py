@@ -77,6 +77,7 @@ class Holdings:
         self.units: dict[Unit, Held] = {}
         self._readers: dict[TP, list[Held]] = {}
         self._answers: dict[TP, list[Held]] = {}
+        self._local: set[TP] = set()
         self.trackers: dict[str, OffsetTracker] = {}
 
     def __iter__(self) -> Iterator[Held]:
@@ -105,6 +106,10 @@ class Holdings:
                 answers.setdefault(tp, []).append(held)
         self._readers = readers
         self._answers = answers
+        # partitions an active unit reads (for its work or its callers' answers): records written
+        # to them are handed over in memory
+        self._local = {tp for tp, hs in readers.items() if any(h.state == ACTIVE for h in hs)}
+        self._local |= {tp for tp, hs in answers.items() if any(h.state == ACTIVE for h in hs)}
 
     def readers(self, tp: TP) -> list[Held]:
         return self._readers.get(tp, [])
@@ -126,10 +131,13 @@ class Holdings:
 
     def local(self, tp: TP) -> bool:
         """A record written to ``tp`` is handed over in memory when an active unit reads it, for its
-        work or for its callers' answers."""
-        return any(h.state == ACTIVE for h in self._readers.get(tp, ())) or any(
-            h.state == ACTIVE for h in self._answers.get(tp, ())
-        )
+        work or for its callers' answers (kept up to date by ``reindex``, which every change of a
+        unit's state or partitions calls)."""
+        return tp in self._local
+
+    def set_state(self, held: Held, state: str) -> None:
+        held.state = state
+        self.reindex()
 
     def report(self) -> dict[str, str]:
         return {str(h.unit): h.state for h in self.units.values() if h.state in (ACTIVE, DRAINING)}

@@ -75,7 +75,7 @@ class LocalRecord:
 
 
 class _Hop:
-    __slots__ = ("born", "gone", "handled", "holders", "joined", "on_return", "parked")
+    __slots__ = ("born", "delivered", "early", "gone", "handled", "holders", "joined", "on_return", "parked")
 
     def __init__(self, born: float) -> None:
         self.handled = False  # the in-memory handling has finished
@@ -83,7 +83,9 @@ class _Hop:
         self.on_return: Callable[[], None] | None = None  # the copy came back while still handling
         self.born = born
         self.parked: Ref | None = None  # its payload's block in the offload arena, freed when settled
-        self.holders: frozenset[Any] = frozenset()  # who handled it in memory (the worker's units)
+        self.delivered = False  # handed over in memory (its takers known)
+        self.early: Callable[[], None] | None = None  # its copy, back before it was handed over
+        self.holders: tuple[Any, ...] = ()  # who took it in memory (the worker's units)
         self.joined = False  # it waits in a join
 
 
@@ -122,18 +124,31 @@ class HopLedger:
         except ValueError:
             return None
 
-    def handled_by(self, seq: int, holders: frozenset[Any], joined: bool = False) -> None:
-        """Who took the record in memory, and whether it waits in a join there."""
+    def handled_by(self, seq: int, holders: tuple[Any, ...], joined: bool = False) -> None:
+        """Who took the record in memory, and whether it waits in a join there; a copy that came back
+        before is dispatched now."""
         hop = self._open.get(seq)
         if hop is not None:
-            hop.holders, hop.joined = holders, joined
+            hop.holders, hop.joined, hop.delivered = holders, joined, True
+            if hop.early is not None:
+                early, hop.early = hop.early, None
+                early()
 
-    def holders(self, seq: int) -> tuple[frozenset[Any], bool]:
+    def holders(self, seq: int) -> tuple[tuple[Any, ...], bool]:
         """(who took it in memory, whether it still waits in a join there)."""
         hop = self._open.get(seq)
         if hop is None:
-            return frozenset(), False
+            return (), False
         return hop.holders, hop.joined and not hop.handled
+
+    def early(self, seq: int, dispatch: Callable[[], None]) -> bool:
+        """A copy back before its record was handed over in memory: ``dispatch`` it once it is (True),
+        so the units taking it then do not take it twice."""
+        hop = self._open.get(seq)
+        if hop is None or hop.delivered or hop.gone:
+            return False
+        hop.early = dispatch
+        return True
 
     def handled(self, seq: int) -> None:
         hop = self._open.get(seq)

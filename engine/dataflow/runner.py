@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable, Container
+from collections.abc import Callable, Mapping
 
 from headrace.config.errors import HeadraceError
 from headrace.engine import topics as t
@@ -44,6 +44,7 @@ class DataflowRunner:
         self.errors_topic = errors_topic
         self.graphs: dict[str, tuple[PipelineGraph, str]] = {}  # name -> (graph, version)
         self.by_topic: dict[str, list[StepRoute]] = {}
+        self.pipelines_of: dict[str, set[str]] = {}  # topic -> the pipelines whose routes read it
 
     def set_pipelines(self, graphs: dict[str, tuple[PipelineGraph, str]]) -> None:
         self.graphs = graphs
@@ -52,6 +53,7 @@ class DataflowRunner:
             for topic, routes in graph.routes.items():
                 by_topic.setdefault(topic, []).extend(routes)
         self.by_topic = by_topic
+        self.pipelines_of = {topic: {r.pipeline for r in routes} for topic, routes in by_topic.items()}
 
     def topics(self) -> set[str]:
         return set(self.by_topic)
@@ -59,13 +61,13 @@ class DataflowRunner:
     def handles(self, topic: str) -> bool:
         return topic in self.by_topic
 
-    def on_record(self, msg: Record, pipelines: Container[str] | None = None) -> list[Forwarded]:
+    def on_record(self, msg: Record, pipelines: Mapping[str, object] | None = None) -> list[Forwarded]:
         """Forward one record along every route it feeds (of these pipelines, or all); returns, per
         route taken, its pipeline, the future of its write and whether it waits in a join. A batched
         model answer is first cut back into one record per request of the batch."""
         topic = msg.topic() or ""
         routes = self.by_topic.get(topic)
-        if routes and pipelines is not None:
+        if routes and pipelines is not None and not self.pipelines_of[topic] <= pipelines.keys():
             routes = [r for r in routes if r.pipeline in pipelines]
         if not routes:
             return []
