@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import cast
 
 from headrace.config.errors import ErrorKind, HeadraceError
+from headrace.config.gc_tuning import settle_heap
 from headrace.config.logs import setup_logging
 from headrace.config.settings import Settings
 from headrace.gateway import controlclient
@@ -202,6 +203,7 @@ class ModelServer:
             self.loop.add_signal_handler(sig, stopped.set)
         control = threading.Thread(target=self._control_loop, name="control", daemon=True)
         control.start()
+        settle_heap()
         try:
             await stopped.wait()
         finally:

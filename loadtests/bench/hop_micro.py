@@ -19,6 +19,7 @@ from typing import Any
 
 import msgspec
 
+from headrace.config.gc_tuning import settle_heap
 from headrace.config.settings import Settings
 from headrace.engine.gateways.pipeline import Target
 from headrace.engine.node import DataNode
@@ -113,7 +114,7 @@ class _Msg:
         return None
 
 
-async def run(requests: int, rounds: int) -> list[float]:
+async def run(requests: int, rounds: int, settle: bool = True) -> list[float]:
     settings = msgspec.convert(
         {"kafka_bootstrap": "127.0.0.1:1", "workers": 1, "partitions": 1, "instance_id": "bench"}, Settings
     )
@@ -143,6 +144,8 @@ async def run(requests: int, rounds: int) -> list[float]:
         held.replies = set(replies)
         node.holdings.set_state(held, ACTIVE)
     node._mark_running()
+    if settle:
+        settle_heap()
     tensor = Tensor(name="x", datatype="FP32", shape=[1, 4], data=[1.0, 2.0, 3.0, 4.0])
     request = InferRequest(model_name="chain3", inputs=[tensor])
     target = Target("chain3", "pipeline")
@@ -165,10 +168,11 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m loadtests.bench.hop_micro", description=__doc__)
     p.add_argument("--requests", type=int, default=2000)
     p.add_argument("--rounds", type=int, default=7)
+    p.add_argument("--gc-defaults", action="store_true", help="keep Python's collector settings")
     args = p.parse_args(argv)
     import uvloop
 
-    times = uvloop.run(run(args.requests, args.rounds))
+    times = uvloop.run(run(args.requests, args.rounds, settle=not args.gc_defaults))
     print(
         f"3-step chain, in memory: best {min(times):.1f} us/request, median {statistics.median(times):.1f} "
         f"({', '.join(f'{t:.0f}' for t in times)})"

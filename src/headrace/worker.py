@@ -8,6 +8,7 @@ import logging
 import signal
 from typing import Any
 
+from headrace.config.gc_tuning import settle_heap
 from headrace.config.logs import setup_logging
 from headrace.config.settings import Settings
 from headrace.engine.forwarding import ForwardClient, ForwardServer
@@ -65,6 +66,7 @@ async def serve(settings: Settings, index: int) -> None:
         settings.grpc_port,
     )
     readiness.serving()
+    settle_heap()
 
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
