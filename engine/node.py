@@ -561,27 +561,34 @@ class DataNode:
     def _dispatch(self, msgs: list[Message]) -> None:
         """Records from the consumer thread. A copy of a record this process handed over in memory
         is not handled again by the units that took it then: it is committed once they are done."""
-        own = self.hops.own
+        hops = self.hops
+        own = hops.own
+        trackers = self.holdings.trackers
         for msg in msgs:
             if msg.error() is not None:
                 log.warning("consumer: %s", msg.error())
                 continue
             headers = msg.headers()
             seq = own(headers)
-            if seq is not None and self.hops.early(seq, functools.partial(self._dispatch, [msg])):
-                continue  # back before it was handed over in memory: dispatched once it has been
+            if seq is not None and hops.undelivered(seq):
+                # back before it was handed over in memory: dispatched once it has been
+                hops.after_delivery(seq, functools.partial(self._dispatch, [msg]))
+                continue
             tp = (msg.topic() or "", msg.partition() or 0)
             offset = msg.offset() or 0
             takers = [h for h in self.holdings.readers(tp) if h.takes(tp, offset)]
             if seq is not None:
-                holders, joined = self.hops.holders(seq)
-                took = [h for h in takers if h in holders]
-                rest = [h for h in takers if h not in holders]
+                holders, joined = hops.holders(seq)
+                if takers == list(holders):  # the common case: its takers took it in memory
+                    took, rest = takers, []
+                else:
+                    took = [h for h in takers if h in holders]
+                    rest = [h for h in takers if h not in holders]
                 for h in took:
-                    self.holdings.trackers[h.group].begin(tp, offset)
+                    trackers[h.group].begin(tp, offset)
                     if joined:
                         h.parked.add((tp[0], tp[1], offset))
-                self.hops.returned(seq, functools.partial(self._finished, took, tp, offset))
+                hops.returned(seq, functools.partial(self._finished, took, tp, offset))
                 if rest:
                     self._handle(msg, rest, tp, offset, replies=False)
                 continue

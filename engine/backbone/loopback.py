@@ -141,14 +141,15 @@ class HopLedger:
             return (), False
         return hop.holders, hop.joined and not hop.handled
 
-    def early(self, seq: int, dispatch: Callable[[], None]) -> bool:
-        """A copy back before its record was handed over in memory: ``dispatch`` it once it is (True),
-        so the units taking it then do not take it twice."""
+    def undelivered(self, seq: int) -> bool:
+        """Is this (stamped, not lost) record still waiting to be handed over in memory?"""
         hop = self._open.get(seq)
-        if hop is None or hop.delivered or hop.gone:
-            return False
-        hop.early = dispatch
-        return True
+        return hop is not None and not hop.delivered and not hop.gone
+
+    def after_delivery(self, seq: int, dispatch: Callable[[], None]) -> None:
+        """A copy back before its record was handed over in memory: ``dispatch`` it once it is, so the
+        units taking it then do not take it twice."""
+        self._open[seq].early = dispatch
 
     def handled(self, seq: int) -> None:
         hop = self._open.get(seq)
@@ -240,8 +241,8 @@ class LoopbackProducer:
     ) -> asyncio.Future[None]:
         if headers and headers[0][0] == HOP_HEADER:
             headers = headers[1:]  # an upstream stamp is not this record's
-        if any(name == OFFLOAD_HEADER for name, _ in headers):
-            headers = [(n, v) for n, v in headers if n != OFFLOAD_HEADER]  # nor an upstream reference
+        # (no record handed on carries an upstream shm reference: records handed over in memory have
+        # their payload, and a consumed one with a reference is resolved without it, ResolvedRecord)
         if not self.enabled or not self.is_local(topic, partition):
             written = (self.remote if self.enabled else self.producer).produce(
                 topic, partition, key, value, headers
