@@ -23,6 +23,8 @@ from headrace.gateway.runtime.loaders import try_load
 
 log = logging.getLogger("headrace.routes")
 
+APPLY_WAIT_S = 5.0  # at most this long for a busy event loop to take a new table before reporting
+
 
 class RouteWatcher:
     def __init__(
@@ -109,8 +111,19 @@ class RouteWatcher:
         """On the control thread: load inline models, then hand the table to the event loop."""
         table = own_replicas(table, self.settings.instance_id)
         inline = self._load_inline(table)
+        applied = threading.Event()
+
+        def update() -> None:
+            try:
+                self.registry.update(table, inline)
+            finally:
+                applied.set()
+
+        self.loop.call_soon_threadsafe(update)
+        # the report that follows says this table is in use: the event loop has to have taken it
+        # (the scheduler counts a model ready once every worker reports a table with it)
+        applied.wait(APPLY_WAIT_S)
         self.version = table.version
-        self.loop.call_soon_threadsafe(self.registry.update, table, inline)
 
     def _load_inline(self, table: RoutingTable) -> dict[str, InlineModel]:
         inline = dict(self.inline)

@@ -61,6 +61,10 @@ class Model:
     schedule_error: str = ""
     schedule_reason: str = ""
     terminating: bool = False
+    # the routing table version from which the model is routable at this generation (0: not routable);
+    # ModelReady waits until every live worker has taken a table at least this new
+    routable_since: int = 0
+    routable_generation: int = -1
 
     @property
     def name(self) -> str:

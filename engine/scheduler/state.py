@@ -34,6 +34,7 @@ from headrace.engine.sharding import (
 )
 from headrace.engine.topics import Topics
 from headrace.gateway.control import (
+    ModelRoute,
     ModelSpec,
     RoutingTable,
     ServerDesired,
@@ -310,8 +311,18 @@ class SchedulerState:
                 workers=addrs,
                 sharding=sharding,
             )
+        self._mark_routable(routes)
         self.topic_book.replan(self.models, self.pipelines)
         self._cond.notify_all()
+
+    def _mark_routable(self, routes: dict[str, ModelRoute]) -> None:
+        """Remember the first table in which each model (at its generation) is routable."""
+        for name, model in self.models.items():
+            route = routes.get(name)
+            if route is None or not route.ready:
+                model.routable_since, model.routable_generation = 0, -1
+            elif model.routable_generation != model.generation or not model.routable_since:
+                model.routable_since, model.routable_generation = self._routes.version, model.generation
 
     def placement_workers(self, now: float | None = None) -> list[str]:
         """Workers units may be placed on: reporting, and not leaving."""

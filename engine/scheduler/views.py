@@ -100,10 +100,25 @@ class Views:
         live += [w.inline for w in self.workers.values() if now - w.last_seen < STALE_S]
         return sum(1 for models in live if name in models)
 
+    def workers_behind(self, model: Model) -> int:
+        """Live workers whose last routing table predates the model's being routable."""
+        if not model.routable_since:
+            return 0
+        now = self._clock()
+        return sum(
+            1
+            for w in self.workers.values()
+            if now - w.last_seen < STALE_S and w.routes_version < model.routable_since
+        )
+
     def model_status(self, model: Model) -> st.ModelStatus:
         placement, state, reason = self._model_state(model)
         available = sum(1 for p in placement if p.state == LOADED)
         ready = available > 0 and not model.terminating
+        behind = self.workers_behind(model) if ready else 0
+        if behind:  # loaded, but a worker still has a table without it: a call there would be a 404
+            ready, state = False, st.PROGRESSING
+            reason = f"waiting for {behind} workers to route it"
         message = reason or f"{available}/{len(placement)} replicas available"
         m = model.manifest
         return st.ModelStatus(

@@ -99,7 +99,7 @@ def worker(state: SchedulerState, index: int, errors: dict[str, str] | None = No
             WorkerReport(
                 index=index,
                 pid=100 + index,
-                routes_version=0,
+                routes_version=state.routes().version,
                 pipelines=pipelines,
                 pipeline_errors=errors or {},
                 held=held,

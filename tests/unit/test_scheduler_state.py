@@ -241,7 +241,12 @@ def test_inline_models_load_in_workers(tmp_path: Path, repo: Path) -> None:
     route = state.routes().models["echo"]
     assert route.inline and route.spec is not None and route.spec.inline and not route.ready
     loaded = LoadedModel(name="echo", generation=1, state="Loaded", platform="python")
-    state.report_worker(WorkerReport(index=0, pid=5, routes_version=route.generation, inline=[loaded]))
+    state.report_worker(WorkerReport(index=0, pid=5, routes_version=state.routes().version, inline=[loaded]))
+    status = state.model_status("echo")
+    # loaded, but the worker has yet to take the table in which the model is routable
+    assert status.state == "ModelProgressing" and status.conditions[0].status == "False"
+    assert status.reason == "waiting for 1 workers to route it"
+    state.report_worker(WorkerReport(index=0, pid=5, routes_version=state.routes().version, inline=[loaded]))
     status = state.model_status("echo")
     assert status.state == "ModelAvailable" and status.conditions[0].status == "True"
     assert [(p.server, p.index, p.state) for p in status.placement] == [("inline", 0, "Loaded")]
@@ -302,7 +307,7 @@ def test_a_restarted_scheduler_holds_control_changes_until_its_workers_are_back(
 
     restored = restart(tmp_path, clock, sync_wait_s=0.2)
     report(restored, 0, ("echo", 1, "Loaded"))
-    restored.report_worker(WorkerReport(index=0, pid=5, routes_version=0))
+    restored.report_worker(WorkerReport(index=0, pid=5, routes_version=restored.routes().version))
     with pytest.raises(HeadraceError) as err:
         restored.load([manifest(repo, "other", folder="other")])
     assert err.value.kind == ErrorKind.UNAVAILABLE
