@@ -136,25 +136,22 @@ class RestApp:
                     rid, headers.get(tracing.TRACEPARENT), headers.get(tracing.TRACESTATE), name
                 )
                 return self._await_kafka(req, kind, name, request, _passthrough(req, call), call, started)
-            call = self.telemetry.call(
-                headers.get(tracing.REQUEST_ID),
-                headers.get(tracing.TRACEPARENT),
-                headers.get(tracing.TRACESTATE),
-                name,
-            )
+            if self.telemetry.traced(headers):  # else the hot path: no Call at all
+                call = self._call(headers, name)
             result = self.dataplane.infer(request)
         except HeadraceError as exc:
-            if call is None:
-                call = self.telemetry.call(
-                    headers.get(tracing.REQUEST_ID),
-                    headers.get(tracing.TRACEPARENT),
-                    headers.get(tracing.TRACESTATE),
-                    name,
-                )
-            return self._failed(req, kind, name, call, started, exc)
+            return self._failed(req, kind, name, call or self._call(headers, name), started, exc)
         if isinstance(result, InferResult):
             return self._reply(req, request, result, call, started)
         return self._await(req, request, result, call, started)
+
+    def _call(self, headers: dict[str, str], name: str) -> Call:
+        return self.telemetry.call(
+            headers.get(tracing.REQUEST_ID),
+            headers.get(tracing.TRACEPARENT),
+            headers.get(tracing.TRACESTATE),
+            name,
+        )
 
     def _failed(
         self, req: HttpRequest, kind: str, name: str, call: Call, started: float, exc: HeadraceError
@@ -176,14 +173,20 @@ class RestApp:
         req: HttpRequest,
         request: InferRequest,
         pending: Awaitable[InferResult],
-        call: Call,
+        call: Call | None,
         started: float,
     ) -> HttpResponse:
-        current_request.set(call)
         try:
             result = await pending
         except HeadraceError as exc:
-            return self._failed(req, MODEL, request.model_name, call, started, exc)
+            return self._failed(
+                req,
+                MODEL,
+                request.model_name,
+                call or self._call(req.headers, request.model_name),
+                started,
+                exc,
+            )
         return self._reply(req, request, result, call, started)
 
     async def _await_kafka(
@@ -213,40 +216,38 @@ class RestApp:
         )
 
     def _reply(
-        self, req: HttpRequest, request: InferRequest, result: InferResult, call: Call, started: float
+        self, req: HttpRequest, request: InferRequest, result: InferResult, call: Call | None, started: float
     ) -> HttpResponse:
         try:
             parts, header_length = codec.encode_response(result.response, request)
         except HeadraceError as exc:
             result.release()
+            call = call or self._call(req.headers, request.model_name)
             return self._failed(req, MODEL, request.model_name, call, started, exc)
         except Exception:
             result.release()
             raise
-        self.telemetry.model_done(
-            call,
-            request.model_name,
-            REST,
-            "200",
-            started,
-            result.served_by,
-            result.response.model_version,
-            None,
-            req.path,
-        )
-        extra = self.telemetry.answer_headers(call)
+        version = result.response.model_version
+        if call is None:  # the hot path: the request id is all the answer adds
+            rid = req.headers.get(tracing.REQUEST_ID)
+            rid_bytes = rid.encode("latin-1") if rid else self.telemetry.ids.new_bytes()
+            self.telemetry.rest_ok(
+                request.model_name, started, result.served_by, version, rid_bytes, req.path
+            )
+            extra = [(_REQUEST_ID, rid_bytes)]
+        else:
+            self.telemetry.model_done(
+                call, request.model_name, REST, "200", started, result.served_by, version, None, req.path
+            )
+            extra = [
+                (n.encode("latin-1"), v.encode("latin-1")) for n, v in self.telemetry.answer_headers(call)
+            ]
         if header_length is None:
             result.release()  # the JSON body holds copies: shared memory can go now
-            return _done(HttpResponse(200, parts), extra)
-        return _done(
-            HttpResponse(
-                200,
-                parts,
-                content_type=_BINARY,
-                headers=[(_HEADER_LENGTH, b"%d" % header_length)],
-                done=result.release,
-            ),
-            extra,
+            return HttpResponse(200, parts, headers=extra, headers_done=True)
+        extra.append((_HEADER_LENGTH, b"%d" % header_length))
+        return HttpResponse(
+            200, parts, content_type=_BINARY, headers=extra, done=result.release, headers_done=True
         )
 
 

@@ -31,6 +31,36 @@ class FrontDoor:
         self.sample = request_log_sample
         self.ids = tracing.RequestIds()
         self.metrics = m.InferMetrics()
+        # the common case: model -> (replica, version, binding) of its last call answered 200 over REST
+        self._rest_ok: dict[str, tuple[ReplicaAddr | None, str | None, m._Bound]] = {}
+
+    @staticmethod
+    def traced(headers: dict[str, str]) -> bool:
+        """Whether a call needs its trace context handled (OpenTelemetry on, or the client sent one)."""
+        return tracing.TRACEPARENT in headers or tracing.otel() is not None
+
+    def rest_ok(
+        self,
+        model: str,
+        started: float,
+        served_by: ReplicaAddr | None,
+        version: str | None,
+        rid: bytes,
+        path: str,
+    ) -> None:
+        """A direct REST call answered 200 with no trace context to handle: the hot path (a dict
+        lookup and an identity check on the replica, then six stores)."""
+        seconds = time.perf_counter() - started
+        entry = self._rest_ok.get(model)
+        if entry is None or entry[0] is not served_by or entry[1] != version:
+            server, replica = self._where(model, served_by, None)
+            if server is None:
+                return
+            bound = self.metrics.bound_model(model, version or "", server, replica, m.REST, "200")
+            entry = self._rest_ok[model] = (served_by, version, bound)
+        entry[2].record(seconds)
+        if self.sample and random.random() < self.sample:
+            self._sampled(rid.decode("latin-1"), MODEL, model, m.REST, "200", seconds, path)
 
     def call(
         self, request_id: str | None, traceparent: str | None, tracestate: str | None, name: str
@@ -159,28 +189,34 @@ class FrontDoor:
                 },
             )
         if self.sample and random.random() < self.sample:
-            log.info(
-                "%s %s %s %s %.3f ms",
-                method_type,
-                what or name,
-                target,
-                code,
-                seconds * 1000,
-                extra={
-                    "request_id": rid,
-                    "target": target,
-                    "resource": name,
-                    "path": what or name,
-                    "method_type": method_type,
-                    "status": code,
-                    "duration_ms": round(seconds * 1000, 3),
-                },
-            )
+            self._sampled(rid, target, name, method_type, code, seconds, what)
         if call.span is not None:
             tracer = tracing.otel()
             if tracer is not None:
                 tracer.end_call(call.span, code, None if error is None else error.message)
             call.span = None
+
+    @staticmethod
+    def _sampled(
+        rid: str, target: str, name: str, method_type: str, code: str, seconds: float, what: str
+    ) -> None:
+        log.info(
+            "%s %s %s %s %.3f ms",
+            method_type,
+            what or name,
+            target,
+            code,
+            seconds * 1000,
+            extra={
+                "request_id": rid,
+                "target": target,
+                "resource": name,
+                "path": what or name,
+                "method_type": method_type,
+                "status": code,
+                "duration_ms": round(seconds * 1000, 3),
+            },
+        )
 
     def answer_headers(self, call: Call) -> list[tuple[str, str]]:
         """What every answer carries: x-request-id (a pipeline's: its record key) and the trace context."""

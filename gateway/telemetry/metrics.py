@@ -335,9 +335,10 @@ PROCESS_RESTARTS = Counter(
 
 
 class _Bound:
-    """(view, index) pairs of one call's values, bound once per label values."""
+    """One call's five values (Seldon's histogram, count, seconds, aggregate count and seconds), bound
+    once per label values: recording is a bisect and six stores, no method calls."""
 
-    __slots__ = ("agg_seconds", "agg_total", "api", "seconds", "total")
+    __slots__ = ("_a", "_as", "_bounds", "_buckets", "_c", "_cs", "_h", "_hs", "_ia", "_ias", "_ic", "_ics")
 
     def __init__(
         self,
@@ -347,11 +348,22 @@ class _Bound:
         agg: CounterChild,
         agg_s: CounterChild,
     ) -> None:
-        self.api = api
-        self.total = total
-        self.seconds = seconds
-        self.agg_total = agg
-        self.agg_seconds = agg_s
+        self._bounds = api._bounds
+        self._buckets = api._buckets
+        self._h, self._hs = api._sv, api._sum
+        self._c, self._ic = total._v, total._i
+        self._cs, self._ics = seconds._v, seconds._i
+        self._a, self._ia = agg._v, agg._i
+        self._as, self._ias = agg_s._v, agg_s._i
+
+    def record(self, seconds: float) -> None:
+        view, index = self._buckets[bisect.bisect_left(self._bounds, seconds)]
+        view[index] += 1.0
+        self._h[self._hs] += seconds
+        self._c[self._ic] += 1.0
+        self._cs[self._ics] += seconds
+        self._a[self._ia] += 1.0
+        self._as[self._ias] += seconds
 
 
 _recorders: list[InferMetrics] = []
@@ -362,6 +374,7 @@ class InferMetrics:
 
     def __init__(self) -> None:
         self._models: dict[tuple[str, str, str, str, str, str], _Bound] = {}
+
         self._pipelines: dict[tuple[str, str, str], _Bound] = {}
         self._errors: dict[tuple[ErrorKind, str, str], CounterChild] = {}
         _recorders.append(self)
@@ -374,6 +387,11 @@ class InferMetrics:
     def model(
         self, model: str, version: str, server: str, replica: str, method_type: str, code: str, seconds: float
     ) -> None:
+        self.bound_model(model, version, server, replica, method_type, code).record(seconds)
+
+    def bound_model(
+        self, model: str, version: str, server: str, replica: str, method_type: str, code: str
+    ) -> _Bound:
         key = (model, version, server, replica, method_type, code)
         bound = self._models.get(key)
         if bound is None:
@@ -384,11 +402,7 @@ class InferMetrics:
                 MODEL_AGG_TOTAL.labels(server, replica, method_type),
                 MODEL_AGG_SECONDS.labels(server, replica, method_type),
             )
-        bound.api.observe(seconds)
-        bound.total.inc()
-        bound.seconds.inc(seconds)
-        bound.agg_total.inc()
-        bound.agg_seconds.inc(seconds)
+        return bound
 
     def pipeline(self, pipeline: str, method_type: str, code: str, seconds: float) -> None:
         key = (pipeline, method_type, code)
@@ -401,11 +415,7 @@ class InferMetrics:
                 PIPELINE_AGG_TOTAL.labels(PIPELINE_GATEWAY, method_type),
                 PIPELINE_AGG_SECONDS.labels(PIPELINE_GATEWAY, method_type),
             )
-        bound.api.observe(seconds)
-        bound.total.inc()
-        bound.seconds.inc(seconds)
-        bound.agg_total.inc()
-        bound.agg_seconds.inc(seconds)
+        bound.record(seconds)
 
     def error(self, kind: ErrorKind, target: str, method_type: str) -> None:
         key = (kind, target, method_type)

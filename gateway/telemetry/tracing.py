@@ -39,10 +39,14 @@ class RequestIds:
 
     def __init__(self) -> None:
         self.prefix = os.urandom(8).hex()
+        self._prefix = self.prefix.encode()
         self.count = itertools.count(1)
 
     def new(self) -> str:
         return f"{self.prefix}{next(self.count):016x}"
+
+    def new_bytes(self) -> bytes:
+        return b"%s%016x" % (self._prefix, next(self.count))
 
 
 def valid_traceparent(value: str | None) -> bool:
