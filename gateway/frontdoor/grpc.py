@@ -29,31 +29,46 @@ class InferenceServicer(pb2_grpc.GRPCInferenceServiceServicer):  # type: ignore[
             name=md["name"], version=md["version"], extensions=md["extensions"]
         )
 
+    def _request_id(
+        self, context: grpc.aio.ServicerContext, metadata: dict[str, str] | None = None
+    ) -> tuple[tuple[str, str], ...]:
+        """Every answer carries x-request-id (trailing metadata): the client's, or a new one."""
+        rid = (metadata if metadata is not None else _metadata(context)).get(tracing.REQUEST_ID)
+        pairs = ((tracing.REQUEST_ID, rid or self.telemetry.ids.new()),)
+        context.set_trailing_metadata(pairs)
+        return pairs
+
     async def ServerLive(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        self._request_id(context)
         return pb2.ServerLiveResponse(live=self.dataplane.live())
 
     async def ServerReady(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        self._request_id(context)
         return pb2.ServerReadyResponse(ready=self.dataplane.ready())
 
     async def ServerMetadata(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        self._request_id(context)
         return self._server_metadata
 
     async def ModelReady(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        metadata = _metadata(context)
+        pairs = self._request_id(context, metadata)
         try:
-            kind, name = parse_target(request.name, _seldon_model(_metadata(context)))
+            kind, name = parse_target(request.name, _seldon_model(metadata))
             if kind == PIPELINE:
                 ready = self.dataplane.pipeline_ready(name)
             else:
                 ready = self.dataplane.model_ready(name, request.version or None)
         except HeadraceError as exc:
-            await context.abort(grpc_code(exc.kind), exc.message)
+            await context.abort(grpc_code(exc.kind), exc.message, trailing_metadata=pairs)
         return pb2.ModelReadyResponse(ready=ready)
 
     async def ModelMetadata(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        pairs = self._request_id(context)
         try:
             md = self.dataplane.model_metadata(request.name, request.version or None)
         except HeadraceError as exc:
-            await context.abort(grpc_code(exc.kind), exc.message)
+            await context.abort(grpc_code(exc.kind), exc.message, trailing_metadata=pairs)
         tensor = pb2.ModelMetadataResponse.TensorMetadata
         return pb2.ModelMetadataResponse(
             name=md["name"],

@@ -3,6 +3,7 @@ line per error and per sampled call, the request id and trace context of the ans
 
 from __future__ import annotations
 
+import bisect
 import logging
 import random
 import time
@@ -33,11 +34,11 @@ class FrontDoor:
         self.metrics = m.InferMetrics()
         # the common case: model -> (replica, version, binding) of its last call answered 200 over REST
         self._rest_ok: dict[str, tuple[ReplicaAddr | None, str | None, m._Bound]] = {}
+        self.otel_on = tracing.otel() is not None  # the worker starts OpenTelemetry before its front doors
 
-    @staticmethod
-    def traced(headers: dict[str, str]) -> bool:
+    def traced(self, headers: dict[str, str]) -> bool:
         """Whether a call needs its trace context handled (OpenTelemetry on, or the client sent one)."""
-        return tracing.TRACEPARENT in headers or tracing.otel() is not None
+        return self.otel_on or tracing.TRACEPARENT in headers
 
     def rest_ok(
         self,
@@ -58,7 +59,14 @@ class FrontDoor:
                 return
             bound = self.metrics.bound_model(model, version or "", server, replica, m.REST, "200")
             entry = self._rest_ok[model] = (served_by, version, bound)
-        entry[2].record(seconds)
+        b = entry[2]  # _Bound.record, inlined: this runs on every call
+        view, index = b._buckets[bisect.bisect_left(b._bounds, seconds)]
+        view[index] += 1.0
+        b._h[b._hs] += seconds
+        b._c[b._ic] += 1.0
+        b._cs[b._ics] += seconds
+        b._a[b._ia] += 1.0
+        b._as[b._ias] += seconds
         if self.sample and random.random() < self.sample:
             self._sampled(rid.decode("latin-1"), MODEL, model, m.REST, "200", seconds, path)
 

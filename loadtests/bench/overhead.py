@@ -45,9 +45,12 @@ def one(build: str, src: Path, work: Path, args: argparse.Namespace) -> dict[str
         sys.executable, "-c", LAUNCH, "serve",
         "--http-port", str(http), "--grpc-port", str(grpc), "--control-port", str(control),
         "--kafka-port", str(kafka), "--kafka-controller-port", str(kctl),
-        "--data-dir", str(work / "data"), "--workers", "2",
-        "--load", str(SAMPLES / "models"), "--load", str(SAMPLES / "pipelines"),
+        "--data-dir", str(work / "data"), "--workers", "2", "--load", str(SAMPLES / "models"),
     ]  # fmt: skip
+    if args.direct_only:
+        cmd += ["--embedded-broker", "none"]  # no JVM competing for the cores
+    else:
+        cmd += ["--load", str(SAMPLES / "pipelines")]
     if build != "base":
         cmd += ["--metrics-port", str(metrics if build == "new" else 0)]
     env = {"PYTHONPATH": str(src), "PATH": "/usr/bin:/bin"}
@@ -55,9 +58,10 @@ def one(build: str, src: Path, work: Path, args: argparse.Namespace) -> dict[str
     out: dict[str, tuple[float, float, float]] = {}
     try:
         base = f"http://127.0.0.1:{http}"
-        wait_ready(server, f"{base}/v2/pipelines/demo/ready", 180.0)
+        ready = "/v2/models/echo/ready" if args.direct_only else "/v2/pipelines/demo/ready"
+        wait_ready(server, base + ready, 180.0)
         (work / "body.json").write_bytes(BODY)
-        for name, path, headers in CELLS:
+        for name, path, headers in CELLS[:1] if args.direct_only else CELLS:
             url = base + path
             kwargs = {"conns": args.conns, "threads": 1, "timeout_s": 10.0, "workdir": work}
             run_wrk(
@@ -95,6 +99,7 @@ def main() -> None:
     parser.add_argument(
         "--metrics-off", action="store_true", help="also run this build with --metrics-port 0"
     )
+    parser.add_argument("--direct-only", action="store_true", help="only the direct cell, without Kafka")
     args = parser.parse_args()
     builds = ["base", "new"] + (["metrics off"] if args.metrics_off else [])
     results: dict[str, dict[str, list[tuple[float, float, float]]]] = {b: {} for b in builds}
@@ -117,7 +122,7 @@ def main() -> None:
         "| RPS vs base |",
         "|---|---|---|---|---|---|---|",
     ]
-    for cell, _, _ in CELLS:
+    for cell, _, _ in CELLS[:1] if args.direct_only else CELLS:
         base_rps = statistics.mean(v[0] for v in results["base"][cell])
         for build in builds:
             values = results[build][cell]

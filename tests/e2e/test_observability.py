@@ -307,6 +307,18 @@ def test_trace_context_travels_on_every_record_and_spans_chain_across_the_hops(
         assert total(got, "headrace_pipeline_hop_seconds_count", pipeline="demo", step=step) >= 1, step
     assert total(got, "seldon_pipeline_infer_total", pipeline="demo", method_type="rest", code="200") >= 1
     assert total(got, "seldon_model_infer_total", model="sum", method_type="grpc", code="OK") >= 1
+    assert total(got, "headrace_kafka_produce_delivery_seconds_count", producer="fast") >= 1
+    # sampled gauges (every second) and the consumer's lag (librdkafka statistics, every 5 s)
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline:
+        got = scrape(traced)
+        names = {n for n, _ in got}
+        workers = {dict(ls).get("worker") for n, ls in got if n == "headrace_pipeline_gateway_pending_calls"}
+        wanted = {"headrace_modelgateway_inflight_records", "headrace_kafka_consumer_lag_records"}
+        if wanted <= names and workers == {"0", "1"}:
+            break
+        time.sleep(0.5)
+    assert wanted <= names and workers == {"0", "1"}, sorted(names)
 
 
 @pytest.mark.timeout(120)
