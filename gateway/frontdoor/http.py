@@ -48,7 +48,6 @@ class HttpResponse:
     headers: list[tuple[bytes, bytes]] = field(default_factory=list)
     # called once the body has been handed to the kernel (e.g. to free shared memory it points into)
     done: Callable[[], None] | None = None
-    headers_done: bool = False  # the request id (and trace context) are among the headers already
 
 
 Handler = Callable[[HttpRequest], "HttpResponse | Awaitable[HttpResponse]"]
@@ -64,7 +63,6 @@ def _own_error(state: ServerState, status: int, message: str) -> HttpResponse:
     """An answer this protocol makes itself (the handler never saw the request): with a request id."""
     response = error_response(status, message)
     response.headers.append((b"x-request-id", state.new_request_id().encode()))
-    response.headers_done = True
     return response
 
 

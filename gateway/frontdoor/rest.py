@@ -12,7 +12,7 @@ from headrace.config.errors import HeadraceError, InvalidInputError
 from headrace.config.logs import current_request
 from headrace.gateway.dataplane import MODEL, PIPELINE, DataPlane, parse_target
 from headrace.gateway.errors import http_status
-from headrace.gateway.frontdoor.http import HttpRequest, HttpResponse, error_response
+from headrace.gateway.frontdoor.http import JSON, HttpRequest, HttpResponse, error_response
 from headrace.gateway.oip import rest as codec
 from headrace.gateway.oip.types import InferRequest
 from headrace.gateway.runtime.client import InferResult
@@ -29,6 +29,8 @@ _NOT_READY = orjson.dumps({"ready": False})
 _BINARY = b"application/octet-stream"
 _HEADER_LENGTH = b"inference-header-content-length"
 _REQUEST_ID = b"x-request-id"
+_RID, _TRACEPARENT = tracing.REQUEST_ID, tracing.TRACEPARENT
+_now = time.perf_counter
 
 
 def _seldon_model(req: HttpRequest) -> str | None:
@@ -60,8 +62,9 @@ class RestApp:
             response = self._route(req)
         except HeadraceError as exc:
             response = error_response(http_status(exc.kind), exc.message)
-        if isinstance(response, HttpResponse) and not response.headers_done:
-            # every answer has a request id: the client's, or a new one
+        if isinstance(response, HttpResponse) and not response.headers:
+            # every answer has a request id: the client's, or a new one (an inference answer has its
+            # own already, so its headers are never empty)
             rid = req.headers.get(tracing.REQUEST_ID) or self.telemetry.ids.new()
             response.headers.append((_REQUEST_ID, rid.encode("latin-1")))
         return response
@@ -113,7 +116,7 @@ class RestApp:
     def _infer(
         self, req: HttpRequest, model: str, version: str | None, url_pipeline: str | None = None
     ) -> HttpResponse | Awaitable[HttpResponse]:
-        started = time.perf_counter()
+        started = _now()
         headers = req.headers
         kind, name = MODEL, model
         call = None
@@ -136,7 +139,8 @@ class RestApp:
                     rid, headers.get(tracing.TRACEPARENT), headers.get(tracing.TRACESTATE), name
                 )
                 return self._await_kafka(req, kind, name, request, _passthrough(req, call), call, started)
-            if self.telemetry.traced(headers):  # else the hot path: no Call at all
+            telemetry = self.telemetry
+            if telemetry.otel_on or _TRACEPARENT in headers:  # else the hot path: no Call at all
                 call = self._call(headers, name)
             result = self.dataplane.infer(request)
         except HeadraceError as exc:
@@ -227,15 +231,13 @@ class RestApp:
         except Exception:
             result.release()
             raise
-        version = result.response.model_version
         if call is None:  # the hot path: the request id is all the answer adds
-            rid = req.headers.get(tracing.REQUEST_ID)
+            rid = req.headers.get(_RID)
             rid_bytes = rid.encode("latin-1") if rid else self.telemetry.ids.new_bytes()
-            self.telemetry.rest_ok(
-                request.model_name, started, result.served_by, version, rid_bytes, req.path
-            )
+            self.telemetry.rest_ok(request.model_name, started, result, rid_bytes, req.path)
             extra = [(_REQUEST_ID, rid_bytes)]
         else:
+            version = result.response.model_version
             self.telemetry.model_done(
                 call, request.model_name, REST, "200", started, result.served_by, version, None, req.path
             )
@@ -244,15 +246,12 @@ class RestApp:
             ]
         if header_length is None:
             result.release()  # the JSON body holds copies: shared memory can go now
-            return HttpResponse(200, parts, headers=extra, headers_done=True)
+            return HttpResponse(200, parts, JSON, extra)
         extra.append((_HEADER_LENGTH, b"%d" % header_length))
-        return HttpResponse(
-            200, parts, content_type=_BINARY, headers=extra, done=result.release, headers_done=True
-        )
+        return HttpResponse(200, parts, content_type=_BINARY, headers=extra, done=result.release)
 
 
 def _done(response: HttpResponse, pairs: list[tuple[str, str]]) -> HttpResponse:
     """An infer answer with its request id and trace context (the catch-all adds nothing more)."""
     response.headers.extend((n.encode("latin-1"), v.encode("latin-1")) for n, v in pairs)
-    response.headers_done = True
     return response

@@ -12,11 +12,13 @@ from typing import Any
 from headrace.config.errors import ErrorKind, HeadraceError
 from headrace.gateway.control import ReplicaAddr
 from headrace.gateway.registry import ModelRegistry
+from headrace.gateway.runtime.client import InferResult
 from headrace.gateway.telemetry import metrics as m
 from headrace.gateway.telemetry import tracing
 from headrace.gateway.telemetry.tracing import Call
 
 log = logging.getLogger("headrace.requests")
+_now = time.perf_counter
 
 MODEL, PIPELINE = "model", "pipeline"
 
@@ -36,22 +38,11 @@ class FrontDoor:
         self._rest_ok: dict[str, tuple[ReplicaAddr | None, str | None, m._Bound]] = {}
         self.otel_on = tracing.otel() is not None  # the worker starts OpenTelemetry before its front doors
 
-    def traced(self, headers: dict[str, str]) -> bool:
-        """Whether a call needs its trace context handled (OpenTelemetry on, or the client sent one)."""
-        return self.otel_on or tracing.TRACEPARENT in headers
-
-    def rest_ok(
-        self,
-        model: str,
-        started: float,
-        served_by: ReplicaAddr | None,
-        version: str | None,
-        rid: bytes,
-        path: str,
-    ) -> None:
+    def rest_ok(self, model: str, started: float, result: InferResult, rid: bytes, path: str) -> None:
         """A direct REST call answered 200 with no trace context to handle: the hot path (a dict
         lookup and an identity check on the replica, then six stores)."""
-        seconds = time.perf_counter() - started
+        seconds = _now() - started
+        served_by, version = result.served_by, result.response.model_version
         entry = self._rest_ok.get(model)
         if entry is None or entry[0] is not served_by or entry[1] != version:
             server, replica = self._where(model, served_by, None)

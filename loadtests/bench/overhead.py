@@ -13,6 +13,8 @@ from __future__ import annotations
 import argparse
 import contextlib
 import datetime
+import json
+import os
 import statistics
 import subprocess
 import sys
@@ -39,7 +41,22 @@ def unpack(commit: str, into: Path) -> Path:
     return into / "src"
 
 
-def one(build: str, src: Path, work: Path, args: argparse.Namespace) -> dict[str, tuple[float, float, float]]:
+def _cpu(pid: int) -> float:
+    """User+system seconds of one process."""
+    with open(f"/proc/{pid}/stat") as f:
+        raw = f.read()
+    fields = raw[raw.rfind(")") + 2 :].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _workers_cpu(work: Path) -> float:
+    children = json.loads((work / "data" / "run" / "children.json").read_text())
+    return sum(_cpu(pid) for name, pid in children.items() if name.startswith("worker "))
+
+
+def one(
+    build: str, src: Path, work: Path, args: argparse.Namespace
+) -> dict[str, tuple[float, float, float, float]]:
     http, grpc, control, kafka, kctl, metrics = free_ports(6)
     cmd = [
         sys.executable, "-c", LAUNCH, "serve",
@@ -55,7 +72,7 @@ def one(build: str, src: Path, work: Path, args: argparse.Namespace) -> dict[str
         cmd += ["--metrics-port", str(metrics if build == "new" else 0)]
     env = {"PYTHONPATH": str(src), "PATH": "/usr/bin:/bin"}
     server = start_server(build, cmd, log_path=work / "serve.log", env=env)
-    out: dict[str, tuple[float, float, float]] = {}
+    out: dict[str, tuple[float, float, float, float]] = {}
     try:
         base = f"http://127.0.0.1:{http}"
         ready = "/v2/models/echo/ready" if args.direct_only else "/v2/pipelines/demo/ready"
@@ -72,17 +89,19 @@ def one(build: str, src: Path, work: Path, args: argparse.Namespace) -> dict[str
                 duration=2,
                 **kwargs,
             )
-            cpu0 = server.cpu_seconds()
+            cpu0, workers0 = server.cpu_seconds(), _workers_cpu(work)
             m = run_wrk(
                 "wrk", url, work / "body.json", {"Content-Type": "application/json", **headers},
                 duration=args.duration, **kwargs,
             )  # fmt: skip
             cpu = (server.cpu_seconds() - cpu0) / args.duration
+            workers = (_workers_cpu(work) - workers0) / args.duration
             if m.errors:
                 raise SystemExit(f"{build} {name}: {m.errors} errors ({m.error_detail})")
-            out[name] = (m.rps, m.p50_ms, cpu)
+            out[name] = (m.rps, m.p50_ms, cpu, workers)
             print(
-                f"  {build:>12} {name:>14}: {m.rps:9.0f} RPS  p50 {m.p50_ms:.2f} ms  server {cpu:.2f} cores",
+                f"  {build:>12} {name:>14}: {m.rps:9.0f} RPS  p50 {m.p50_ms:.2f} ms  server {cpu:.2f} cores"
+                f" (workers {workers:.2f}: {workers / m.rps * 1e6:.1f} us/call)",
                 flush=True,
             )
     finally:
@@ -102,7 +121,7 @@ def main() -> None:
     parser.add_argument("--direct-only", action="store_true", help="only the direct cell, without Kafka")
     args = parser.parse_args()
     builds = ["base", "new"] + (["metrics off"] if args.metrics_off else [])
-    results: dict[str, dict[str, list[tuple[float, float, float]]]] = {b: {} for b in builds}
+    results: dict[str, dict[str, list[tuple[float, float, float, float]]]] = {b: {} for b in builds}
     with tempfile.TemporaryDirectory(prefix="hr-overhead-") as tmp:
         root = Path(tmp)
         sources = {"base": unpack(args.base, root / "base"), "new": REPO / "src", "metrics off": REPO / "src"}
@@ -119,8 +138,8 @@ def main() -> None:
         f"{args.rounds} rounds x {args.duration:g} s, wrk -t1 -c{args.conns}, --workers 2",
         "",
         "| cell | build | RPS (mean, min-max) | p50 ms (mean) | server cores | server CPU us/call "
-        "| RPS vs base |",
-        "|---|---|---|---|---|---|---|",
+        "| workers' CPU us/call (min-max) | RPS vs base |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for cell, _, _ in CELLS[:1] if args.direct_only else CELLS:
         base_rps = statistics.mean(v[0] for v in results["base"][cell])
@@ -130,10 +149,12 @@ def main() -> None:
             p50 = statistics.mean(v[1] for v in values)
             cores = statistics.mean(v[2] for v in values)
             per_call = statistics.mean(v[2] / v[0] * 1e6 for v in values)
+            workers = [v[3] / v[0] * 1e6 for v in values]
             change = (statistics.mean(rps) / base_rps - 1) * 100
             lines.append(
                 f"| {cell} | {build} | {statistics.mean(rps):,.0f} ({min(rps):,.0f}-{max(rps):,.0f}) | "
-                f"{p50:.2f} | {cores:.2f} | {per_call:.1f} | {change:+.1f}% |"
+                f"{p50:.2f} | {cores:.2f} | {per_call:.1f} | {statistics.mean(workers):.1f} "
+                f"({min(workers):.1f}-{max(workers):.1f}) | {change:+.1f}% |"
             )
     text = "\n".join(lines) + "\n"
     print(text)
