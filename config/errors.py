@@ -20,6 +20,8 @@ class HeadraceError(Exception):
     """An error with a kind; its message is what the user reads."""
 
     kind: ErrorKind = ErrorKind.INTERNAL
+    #: the model-server replica that answered with this error, when one did (metrics label it)
+    replica: object | None = None
 
     def __init__(self, message: str, kind: ErrorKind | None = None) -> None:
         super().__init__(message)

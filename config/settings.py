@@ -41,6 +41,20 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     # Model manifests loaded (idempotently) when the scheduler starts.
     load_files: tuple[str, ...] = ()
     log_level: str = "info"
+    # Logs: "text" (one line per record) or "json" (one JSON object per line, with request_id when a
+    # request is being served); a sample of requests logged one line each (0: none, 1: every one).
+    log_format: Literal["text", "json"] = "text"
+    request_log_sample: float = 0.0
+    # Prometheus metrics of every process, summed, on http://metrics_host:metrics_port/metrics (served by
+    # the `headrace: metrics` child); 0: no metrics endpoint and nothing recorded to files.
+    metrics_host: str = "127.0.0.1"
+    metrics_port: int = 9006
+    # OpenTelemetry span export over OTLP/HTTP (needs `pip install headrace[otel]`); empty: off (env
+    # OTEL_EXPORTER_OTLP_ENDPOINT works too). A base URL gets /v1/traces appended. W3C traceparent is
+    # propagated (and answered) whether export is on or not.
+    otel_endpoint: str = ""
+    otel_sample_ratio: float = 1.0
+    otel_service_name: str = "headrace"
     # Kafka: an existing cluster's bootstrap servers (default: env KAFKA_BOOTSTRAP_SERVERS); empty: run
     # an embedded broker as a supervised child, Apache Kafka ("kafka", KRaft) or Tansu ("tansu", no JVM).
     kafka_bootstrap: str = ""
@@ -105,6 +119,11 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
         return Path(self.data_dir) / "run"
 
     @property
+    def metrics_dir(self) -> Path:
+        """This start's metric files of every process (emptied when `headrace serve` starts)."""
+        return self.run_dir / "metrics"
+
+    @property
     def control_url(self) -> str:
         if self.join:
             return self.join if "://" in self.join else f"http://{self.join}"
@@ -141,6 +160,8 @@ _SELDON_ENV = {
     "MODELGATEWAY_WORKER_TIMEOUT_MS": "modelgateway_worker_timeout_ms",
     "KAFKA_DEFAULT_NUM_PARTITIONS": "partitions",
     "SCHEDULER_READY_TIMEOUT_SECONDS": "scheduler_ready_timeout_s",
+    "OTEL_EXPORTER_OTLP_ENDPOINT": "otel_endpoint",
+    "OTEL_SERVICE_NAME": "otel_service_name",
 }
 
 

@@ -19,6 +19,7 @@ from confluent_kafka import Message
 from headrace.config.errors import ErrorKind, HeadraceError
 from headrace.config.pipelines import parse_pipelines
 from headrace.config.settings import Settings
+from headrace.engine import sampler
 from headrace.engine import topics as t
 from headrace.engine.backbone.consumer import PartitionConsumer
 from headrace.engine.backbone.groups import GroupError, GroupOffsets, group_of
@@ -86,7 +87,15 @@ class DataNode:
             self.hop_producer = AsyncProducer(hop_producer_config(settings), loop)
             self.busy_producer = AsyncProducer(busy_producer_config(settings), loop)
         group = f"{settings.topic_prefix}-{settings.namespace}-headrace-dataplane"
-        self.consumer = PartitionConsumer(dataplane_consumer_config(settings, group), loop, self._dispatch)
+        consumer_conf = dataplane_consumer_config(settings, group)
+        # -- metrics hooks (engine/sampler.py): consumer lag, produce→delivery per producer
+        consumer_conf.update(sampler.consumer_stats(index))
+        self.producer.delivery = sampler.delivery(index, "fast")
+        if settings.local_hops:
+            self.hop_producer.delivery = sampler.delivery(index, "hop")
+            self.busy_producer.delivery = sampler.delivery(index, "busy")
+        # --
+        self.consumer = PartitionConsumer(consumer_conf, loop, self._dispatch)
         self.groups = GroupOffsets(admin_config(settings))
         self._admin = ThreadPoolExecutor(2, thread_name_prefix="kafka-admin")
         self.holdings = Holdings()

@@ -80,6 +80,7 @@ class Serve:
     broker: str = field(default_factory=broker_under_test)  # which one, when `kafka`
     kafka_port: int = field(default_factory=free_port)
     kafka_controller_port: int = field(default_factory=free_port)
+    metrics_port: int = field(default_factory=free_port)  # the metrics endpoint (0: off)
     extra: list[str] = field(default_factory=list)
     env: dict[str, str] = field(default_factory=dict)
     inherit_env: bool = True  # False: the process gets `env` alone (as under `env -i`)
@@ -93,6 +94,10 @@ class Serve:
     @property
     def grpc_url(self) -> str:
         return f"127.0.0.1:{self.grpc_port}"
+
+    @property
+    def metrics_url(self) -> str:
+        return f"http://127.0.0.1:{self.metrics_port}/metrics"
 
     @property
     def bootstrap(self) -> str:
@@ -126,6 +131,7 @@ class Serve:
             "--data-dir", str(self.data_dir),
             "--workers", str(self.workers),
             "--grace-period-s", "10",
+            "--metrics-port", str(self.metrics_port),
             *self.kafka_args(),
             *self.extra,
         ]  # fmt: skip

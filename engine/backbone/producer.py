@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
+import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -37,6 +38,8 @@ class AsyncProducer:
         # polling, or one flushing (a unit handed over); the lock keeps every report for the loop
         self._lock = threading.Lock()
         self._reports: list[tuple[asyncio.Future[None], KafkaError | None]] = []
+        # metrics hook: produce→acknowledgement seconds, observed under the lock (one writer at a time)
+        self.delivery: Any = None
 
     def start(self) -> None:
         self._thread.start()
@@ -51,10 +54,13 @@ class AsyncProducer:
     ) -> asyncio.Future[None]:
         """Queue a record; the future completes when the broker has it (or with ProduceError)."""
         fut: asyncio.Future[None] = self._loop.create_future()
+        delivery, sent = self.delivery, time.monotonic()
 
         def on_delivery(err: KafkaError | None, _msg: Any) -> None:
             with self._lock:  # called inside poll() or flush()
                 self._reports.append((fut, err))
+                if delivery is not None:
+                    delivery.observe(time.monotonic() - sent)
 
         try:
             self._producer.produce(

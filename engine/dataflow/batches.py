@@ -21,6 +21,10 @@ from headrace.gateway.oip.types import InferRequest, InferResponse, Tensor
 
 #: On a batched record: JSON [[member key, rows], ...] in batch order.
 BATCH_HEADER = "headrace-batch"
+#: On a batched record whose members carry trace context: JSON [[traceparent, tracestate], ...] in
+#: batch order (null where a member has none), so each member goes on in its own trace after the split.
+BATCH_TRACE_HEADER = "headrace-batch-trace"
+_TRACE = ("traceparent", "tracestate")
 #: A partial batch waits at most this long when the manifest gives no windowMs.
 DEFAULT_WINDOW_MS = 100
 
@@ -92,9 +96,16 @@ class Batcher:
             [[k.decode("utf-8", "replace"), n] for (k, _, _), n in zip(members, rows, strict=True)]
         )
         headers = [
-            *[(n, v) for n, v in first_headers if n not in (t.REQUEST_ID_HEADER, BATCH_HEADER)],
+            *[
+                (n, v)
+                for n, v in first_headers
+                if n not in (t.REQUEST_ID_HEADER, BATCH_HEADER, BATCH_TRACE_HEADER)
+            ],
             (BATCH_HEADER, listing),
         ]
+        traces = [_trace_of(h) for _, h, _ in members]
+        if any(tp is not None for tp, _ in traces):
+            headers.append((BATCH_TRACE_HEADER, orjson.dumps(traces)))
         _settle_after([self.write(spec, key, headers, value)], pending.waiters)
 
     def flush_pipeline(self, pipeline: str) -> None:
@@ -155,6 +166,32 @@ def concat_requests(values: list[bytes]) -> tuple[bytes, list[int]]:
     )
     encoded: bytes = grpc_codec.encode_request(joined).SerializeToString()
     return encoded, rows
+
+
+def _trace_of(headers: Headers) -> tuple[str | None, str | None]:
+    found: dict[str, str] = {}
+    for name, value in headers:
+        if name in _TRACE and value is not None:
+            found[name] = value.decode("latin-1") if isinstance(value, bytes) else str(value)
+    return found.get("traceparent"), found.get("tracestate")
+
+
+def member_traces(headers: Headers, count: int) -> list[list[tuple[str, bytes]]] | None:
+    """Each member's own trace headers, if the batched record lists them."""
+    for name, value in headers:
+        if name == BATCH_TRACE_HEADER and value is not None:
+            try:
+                listed = orjson.loads(value)
+            except orjson.JSONDecodeError:
+                return None
+            if not isinstance(listed, list) or len(listed) != count:
+                return None
+            out: list[list[tuple[str, bytes]]] = []
+            for entry in listed:
+                pairs = zip(_TRACE, entry or (None, None), strict=False)
+                out.append([(n, str(v).encode("latin-1")) for n, v in pairs if v])
+            return out
+    return None
 
 
 def batch_members(headers: Headers) -> list[tuple[str, int]] | None:

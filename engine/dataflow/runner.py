@@ -14,7 +14,15 @@ from headrace.config.errors import HeadraceError
 from headrace.engine import topics as t
 from headrace.engine.backbone.producer import Headers
 from headrace.engine.backbone.record import Record, Writer, headers_of
-from headrace.engine.dataflow.batches import BATCH_HEADER, Batcher, BatchSpec, batch_members, split_response
+from headrace.engine.dataflow.batches import (
+    BATCH_HEADER,
+    BATCH_TRACE_HEADER,
+    Batcher,
+    BatchSpec,
+    batch_members,
+    member_traces,
+    split_response,
+)
 from headrace.engine.dataflow.graph import PipelineGraph, StepRoute
 from headrace.engine.dataflow.joins import Joiner, JoinSpec
 from headrace.engine.dataflow.transforms import adjust_headers, transform
@@ -83,10 +91,17 @@ class DataflowRunner:
             self.on_error(msg, f"a batched answer on {topic} cannot be split: {text}")
             return []
         futures: list[Forwarded] = []
-        plain = [(n, v) for n, v in headers if n not in (BATCH_HEADER, t.REQUEST_ID_HEADER)]
-        for (key, _), part in zip(members, values, strict=True):
+        # each member goes on in its own trace (the batch's own context is its first member's)
+        traces = member_traces(headers, len(members))
+        dropped = {BATCH_HEADER, BATCH_TRACE_HEADER, t.REQUEST_ID_HEADER}
+        if traces is not None:
+            dropped |= {"traceparent", "tracestate"}
+        plain = [(n, v) for n, v in headers if n not in dropped]
+        for i, ((key, _), part) in enumerate(zip(members, values, strict=True)):
             request_id = (t.split_key(key) or ("", "", ""))[2]
             member_headers = [*plain, (t.REQUEST_ID_HEADER, request_id.encode())]
+            if traces is not None:
+                member_headers += traces[i]
             futures += self._forward(msg, routes, key.encode(), member_headers, part)
         return futures
 

@@ -10,12 +10,13 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import mmh3
 
-from headrace.config.errors import HeadraceError
+from headrace.config.errors import ErrorKind, HeadraceError
 from headrace.engine import topics as t
 from headrace.engine.backbone.record import Record, Writer, headers_of
 from headrace.gateway.dataplane import DataPlane
@@ -23,6 +24,8 @@ from headrace.gateway.oip import grpc_codec
 from headrace.gateway.oip.pb import pb2
 from headrace.gateway.oip.types import InferRequest
 from headrace.gateway.runtime.client import InferResult
+from headrace.gateway.telemetry.front import FrontDoor
+from headrace.gateway.telemetry.tracing import StepTelemetry
 
 log = logging.getLogger("headrace.modelgw")
 
@@ -31,6 +34,7 @@ log = logging.getLogger("headrace.modelgw")
 class Slot:
     queue: asyncio.Queue[tuple[str, Record, Callable[[], None]]] = field(default_factory=asyncio.Queue)
     workers: list[asyncio.Task[None]] = field(default_factory=list)
+    busy: int = 0  # records taken off the queue and being called (for metrics)
 
 
 def slot_of(model: str, max_consumers: int) -> int:
@@ -57,6 +61,9 @@ class ModelGateway:
         self.worker_timeout_s = worker_timeout_s
         self.workers_for = workers_for
         self.slots: dict[int | str, Slot] = {}  # hash slot index, or a model with its own workers
+        # metrics and tracing hooks (gateway/telemetry): the steps' model calls, hop times, spans
+        self.calls = FrontDoor(getattr(dataplane, "registry", None))
+        self.steps = StepTelemetry()
 
     def submit(self, model: str, msg: Record, done: Callable[[], None]) -> None:
         """Called on the event loop for every record of ``model``'s inputs topic; ``done`` is called
@@ -75,17 +82,20 @@ class ModelGateway:
 
     def in_flight(self) -> dict[int | str, int]:
         """Records queued or being handled, per slot (for metrics and tests)."""
-        return {i: s.queue.qsize() for i, s in self.slots.items()}
+        return {i: s.queue.qsize() + s.busy for i, s in self.slots.items()}
 
     async def _work(self, slot: Slot) -> None:
         while True:
             model, msg, done = await slot.queue.get()
+            slot.busy += 1
             try:
                 written = await self._handle(model, msg)
             except Exception:  # never let one record kill the worker
                 log.exception("model gateway failed on a record of %s", model)
                 done()
                 continue
+            finally:
+                slot.busy -= 1
             # the next record does not wait for the broker's ack of this one's output
             written.add_done_callback(functools.partial(self._written, model, msg, done))
 
@@ -93,6 +103,7 @@ class ModelGateway:
         """Call the model; returns the future of writing its output (or its error)."""
         partition = msg.partition() or 0
         key = msg.key() or b""
+        began, started = self.steps.began(), time.perf_counter()  # telemetry hook
         try:
             request = decode_model_input(model, msg.value() or b"")
             pending = self.dataplane.infer(request)
@@ -106,8 +117,13 @@ class ModelGateway:
                 result.release()
         except (HeadraceError, TimeoutError) as exc:
             message = exc.message if isinstance(exc, HeadraceError) else "model gateway worker timed out"
+            failed = exc if isinstance(exc, HeadraceError) else HeadraceError(message, ErrorKind.TIMEOUT)
+            self.calls.step_done(model, started, None, None, failed)  # telemetry hook
+            self.steps.step(model, headers_of(msg), began, message)
             return self._error(model, msg, message)
-        return self.producer.produce(self.topics.model_outputs(model), partition, key, value, headers_of(msg))
+        self.calls.step_done(model, started, result.served_by, result.response.model_version, None)
+        headers = self.steps.step(model, headers_of(msg), began)  # telemetry hook: hop time, span
+        return self.producer.produce(self.topics.model_outputs(model), partition, key, value, headers)
 
     def _written(self, model: str, msg: Record, done: Callable[[], None], fut: asyncio.Future[None]) -> None:
         exc = None if fut.cancelled() else fut.exception()

@@ -15,12 +15,14 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 from headrace.config.errors import ErrorKind, HeadraceError
+from headrace.config.logs import current_request
 from headrace.engine import topics as t
 from headrace.engine.backbone.producer import Headers, ProduceError
 from headrace.engine.backbone.record import Record, Writer, headers_of
 from headrace.gateway.oip import grpc_codec
 from headrace.gateway.oip.pb import pb2
 from headrace.gateway.oip.types import InferRequest, InferResponse
+from headrace.gateway.telemetry import tracing
 
 log = logging.getLogger("headrace.pipelinegw")
 
@@ -125,6 +127,9 @@ class PipelineGateway:
         partition = self._sticky_partition(target, partitions)
         key_text = t.make_key(partition, target.name, request_id)
         key = key_text.encode()
+        call = current_request.get()  # telemetry hook: the answer's x-request-id, even on an error
+        if call is not None:
+            call.key = key_text
         if target.kind == t.PIPELINE:
             topic = self.topics.pipeline_inputs(target.name)
             reply_topic = self.topics.pipeline_outputs(target.name)
@@ -166,6 +171,7 @@ class PipelineGateway:
                 raise
         finally:
             self.pending.pop(key, None)
+        tracing.reply(target.name, headers_of(msg))  # telemetry hook: the last hop's time and span
         return Reply(self._decode(msg, request), key_text)
 
     def _decode(self, msg: Record, request: InferRequest) -> InferResponse:

@@ -11,7 +11,10 @@ from typing import cast
 
 import httptools
 
+from headrace.gateway.telemetry.tracing import RequestIds
+
 log = logging.getLogger("headrace.http")
+_ids = RequestIds()
 
 _REASONS = {
     200: b"OK",
@@ -56,6 +59,13 @@ def error_response(status: int, message: str) -> HttpResponse:
     return HttpResponse(status, [orjson.dumps({"error": message})])
 
 
+def _own_error(state: ServerState, status: int, message: str) -> HttpResponse:
+    """An answer this protocol makes itself (the handler never saw the request): with a request id."""
+    response = error_response(status, message)
+    response.headers.append((b"x-request-id", state.new_request_id().encode()))
+    return response
+
+
 class ServerState:
     """What all connections of one worker share: the handler, limits and the set of connections."""
 
@@ -67,6 +77,8 @@ class ServerState:
         self.draining = False
         self.in_flight = 0
         self._sweeper: asyncio.TimerHandle | None = None
+        # the x-request-id of answers made here (unparsable requests, handler failures)
+        self.new_request_id: Callable[[], str] = _ids.new
 
     def start_sweeping(self, loop: asyncio.AbstractEventLoop) -> None:
         """Close idle keep-alive connections and stalled half-sent requests, once a second."""
@@ -158,7 +170,7 @@ class HttpProtocol(asyncio.Protocol):
         self.keep_alive = False
         self.queue.clear()
         if self.transport is not None and not self.busy:
-            self._write(error_response(status, message))
+            self._write(_own_error(self.state, status, message))
             self.transport.close()
 
     # -- httptools callbacks ----------------------------------------------------------------------
@@ -217,7 +229,7 @@ class HttpProtocol(asyncio.Protocol):
             result = state.handler(request)
         except Exception as exc:  # a handler bug must still answer
             log.exception("handler failed")
-            result = error_response(500, f"internal error: {exc}")
+            result = _own_error(state, 500, f"internal error: {exc}")
         if isinstance(result, HttpResponse):
             self._respond(result, keep_alive)
             return
@@ -231,7 +243,7 @@ class HttpProtocol(asyncio.Protocol):
                 response = await pending
             except Exception as exc:
                 log.exception("handler failed")
-                response = error_response(500, f"internal error: {exc}")
+                response = _own_error(self.state, 500, f"internal error: {exc}")
             if response.done is not None and self.transport is not None:
                 try:
                     self._write(response, keep_alive)

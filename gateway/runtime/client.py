@@ -32,6 +32,7 @@ class InferResult:
 
     response: InferResponse
     _release: Callable[[], None] | None = None
+    served_by: ReplicaAddr | None = None  # the replica that answered (None: inline); for metrics
 
     def release(self) -> None:
         if self._release is not None:
@@ -300,8 +301,13 @@ class ServerPool:
                     if load == 0:
                         break
         conn = best or self.connections.get(addr.socket) or await self.connection(addr)
-        result = await conn.infer(request, self.settings.model_timeout_s)
+        try:
+            result = await conn.infer(request, self.settings.model_timeout_s)
+        except HeadraceError as exc:
+            exc.replica = addr
+            raise
         result.response.model_version = route.version
+        result.served_by = addr
         return result
 
     def close(self) -> None:

@@ -22,6 +22,7 @@ from headrace.gateway.oip.types import InferRequest, RequestedOutput, Tensor
 from headrace.gateway.runtime import messages as m
 from headrace.gateway.runtime.loaders import LoadedRuntime, try_load
 from headrace.gateway.runtime.tensors import buffer_address, from_wire, to_wire
+from headrace.gateway.telemetry import metrics
 from headrace.shm.arena import Arena, Ref
 
 log = logging.getLogger("headrace.server")
@@ -191,6 +192,11 @@ class ModelServer:
         self._stop = threading.Event()
         self._desired_version = 0
         self.loop: asyncio.AbstractEventLoop | None = None
+        # Seldon's agent metrics of this replica: loads, unloads, which models are loaded (model_internal)
+        replica = str(index)
+        self._loads = metrics.MODEL_LOADS.labels(name, replica)
+        self._unloads = metrics.MODEL_UNLOADS.labels(name, replica)
+        self._internal: dict[str, str] = {}  # loaded model -> its model_internal label ("<name>_<version>")
 
     async def serve(self) -> None:
         self.loop = asyncio.get_running_loop()
@@ -253,6 +259,7 @@ class ModelServer:
             if name not in wanted:
                 del runtimes[name]
                 states.pop(name, None)
+                self._count_unload(name)
         for name, spec in wanted.items():
             current = runtimes.get(name)
             if current is not None and current[0] == spec.generation:
@@ -266,10 +273,25 @@ class ModelServer:
         runtime, state = try_load(spec)
         if runtime is None:
             log.error("loading %s failed: %s", spec.name, state.message)
-            runtimes.pop(spec.name, None)
+            if runtimes.pop(spec.name, None) is not None:
+                self._count_unload(spec.name)
         else:
+            internal = f"{spec.name}_{spec.version}"
+            previous = self._internal.get(spec.name)
+            if previous is not None and previous != internal:
+                self._count_unload(spec.name)  # a new version replaces the old one
             runtimes[spec.name] = (spec.generation, runtime)
+            self._loads.inc()
+            self._internal[spec.name] = internal
+            metrics.LOADED_MODELS.labels(self.name, str(self.index), internal).set(1)
         return state
+
+    def _count_unload(self, name: str) -> None:
+        internal = self._internal.pop(name, None)
+        if internal is None:
+            return
+        self._unloads.inc()
+        metrics.LOADED_MODELS.labels(self.name, str(self.index), internal).set(0)
 
     def _publish(
         self, runtimes: dict[str, tuple[int, LoadedRuntime]], states: dict[str, LoadedModel]
@@ -302,5 +324,5 @@ def run(settings: Settings, name: str, index: int) -> None:
     """Entry of a model-server child process."""
     import uvloop
 
-    setup_logging(settings.log_level, f"server {name}-{index}")
+    setup_logging(settings.log_level, f"server {name}-{index}", settings.log_format)
     uvloop.run(ModelServer(settings, name, index).serve())

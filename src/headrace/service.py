@@ -7,12 +7,14 @@ import json
 import logging
 import os
 import secrets
+import shutil
 import socket
 from pathlib import Path
 
 import msgspec
 
 from headrace.config.errors import ConfigError
+from headrace.config.logs import setup_logging
 from headrace.config.manifests import servers_from_settings
 from headrace.config.settings import Settings
 from headrace.notify import Notifier
@@ -38,13 +40,21 @@ def _run_server(settings: Settings, name: str, index: int) -> None:
 def _run_scheduler(settings: Settings) -> None:
     from headrace.engine.scheduler.main import run
 
+    setup_logging(settings.log_level, "scheduler", settings.log_format)
     run(settings)
 
 
 def _run_broker(settings: Settings) -> None:
     from headrace.engine.kafka.broker import run_embedded_broker
 
+    setup_logging(settings.log_level, "kafka", settings.log_format)
     run_embedded_broker(settings)
+
+
+def _run_metrics(settings: Settings) -> None:
+    from headrace.gateway.telemetry.exporter import run
+
+    run(settings)
 
 
 def build_specs(settings: Settings) -> list[ProcessSpec]:
@@ -66,6 +76,9 @@ def build_specs(settings: Settings) -> list[ProcessSpec]:
                 )
             )
     specs += [worker_spec(settings, i) for i in range(settings.worker_count)]
+    if settings.metrics_port:
+        # serves the sum of every process's metric files; stops after the workers' last requests
+        specs.append(ProcessSpec("metrics", functools.partial(_run_metrics, settings), STOP_SCHEDULER))
     return specs
 
 
@@ -109,15 +122,39 @@ def check_cluster(settings: Settings) -> None:
         )
 
 
+def prepare_metrics(settings: Settings) -> str | None:
+    """This start's metrics folder, emptied (every process records into its own files there; the
+    metrics child serves their sum); None with metrics off."""
+    from headrace.gateway.telemetry import metrics
+
+    if not settings.metrics_port:
+        metrics.configure(None)
+        return None
+    folder = settings.metrics_dir
+    shutil.rmtree(folder, ignore_errors=True)
+    folder.mkdir(parents=True, exist_ok=True)
+    metrics.configure(str(folder))
+    return str(folder)
+
+
 def run_service(settings: Settings) -> int:
     check_cluster(settings)
     settings = msgspec.structs.replace(settings, instance_id=instance_id(settings))
     settings.run_dir.mkdir(parents=True, exist_ok=True)
+    setup_logging(settings.log_level, "supervisor", settings.log_format)
     cleanup_orphaned_shm()
     me = os.getpid()
+    metrics_dir = prepare_metrics(settings)
+    from headrace.gateway.telemetry.metrics import PROCESS_RESTARTS
 
     def on_exit(child: Child, pid: int) -> None:
         cleanup_child_shm(me, pid)
+        if metrics_dir is not None:
+            from prometheus_client.multiprocess import mark_process_dead
+
+            mark_process_dead(pid, metrics_dir)  # type: ignore[no-untyped-call]  # its gauges go
+        if not supervisor.stopping and not child.retiring:
+            PROCESS_RESTARTS.labels(child.spec.name).inc()
 
     children_file = settings.run_dir / "children.json"
 

@@ -16,6 +16,7 @@ from headrace.engine.gateways.pipeline import Reply, Target
 from headrace.engine.kafka.config import admin_config
 from headrace.engine.kafka.watch import BrokerWatch
 from headrace.engine.node import DataNode, kafka_enabled
+from headrace.engine.sampler import Sampler
 from headrace.gateway.dataplane import DataPlane
 from headrace.gateway.frontdoor.http import ServerState, serve_http
 from headrace.gateway.frontdoor.rest import RestApp
@@ -23,6 +24,8 @@ from headrace.gateway.oip.types import InferRequest
 from headrace.gateway.registry import ModelRegistry
 from headrace.gateway.routewatch import RouteWatcher
 from headrace.gateway.runtime.client import ServerPool
+from headrace.gateway.telemetry import tracing
+from headrace.gateway.telemetry.front import FrontDoor
 from headrace.supervisor import report_ready
 
 log = logging.getLogger("headrace.worker")
@@ -32,6 +35,9 @@ async def serve(settings: Settings, index: int) -> None:
     from headrace.gateway.frontdoor.grpc import make_server
 
     loop = asyncio.get_running_loop()
+    tracer = tracing.start_otel(
+        settings.otel_endpoint, settings.otel_service_name, f"worker {index}", settings.otel_sample_ratio
+    )
     registry = ModelRegistry()
     pool = ServerPool(settings, loop, index)
     dataplane = DataPlane(registry, pool, settings.model_timeout_s)
@@ -53,10 +59,16 @@ async def serve(settings: Settings, index: int) -> None:
         forwards = await _forwarding(settings, loop, index, node, watcher)
     watcher.start()
 
-    state = ServerState(RestApp(dataplane), settings.max_body_bytes, settings.keepalive_timeout_s)
+    telemetry = FrontDoor(registry, index, settings.request_log_sample)
+    sampler = Sampler(index, node)
+    sampler.start(loop)
+    state = ServerState(RestApp(dataplane, telemetry), settings.max_body_bytes, settings.keepalive_timeout_s)
+    state.new_request_id = telemetry.ids.new
     http_server = await serve_http(state, settings.host, settings.http_port)
     state.start_sweeping(loop)
-    grpc_server = make_server(dataplane, f"{settings.host}:{settings.grpc_port}", settings.max_body_bytes)
+    grpc_server = make_server(
+        dataplane, f"{settings.host}:{settings.grpc_port}", settings.max_body_bytes, telemetry
+    )
     await grpc_server.start()
     log.info(
         "worker %d serving REST on %s:%d, gRPC on %d",
@@ -103,6 +115,9 @@ async def serve(settings: Settings, index: int) -> None:
         forwards[1].close()
         await loop.run_in_executor(None, node.close)
     pool.close()
+    sampler.stop()
+    if tracer is not None:
+        await loop.run_in_executor(None, tracer.shutdown)  # export the last spans
     log.info("worker %d drained", index)
 
 
@@ -163,5 +178,5 @@ def run(settings: Settings, index: int) -> None:
     import uvloop
 
     faulthandler.enable()
-    setup_logging(settings.log_level, f"worker {index}")
+    setup_logging(settings.log_level, f"worker {index}", settings.log_format)
     uvloop.run(serve(settings, index))

@@ -117,3 +117,30 @@ def test_a_batch_that_cannot_be_stacked_fails_each_member() -> None:
         assert "step m: cannot batch" in sink.failed[0][1]
 
     asyncio.run(main())
+
+
+def test_each_member_of_a_batch_keeps_its_own_trace_context() -> None:
+    """The batched record's own context is its first member's; the members' contexts are listed, and
+    the split gives each member its own back."""
+    from headrace.engine.dataflow.batches import BATCH_TRACE_HEADER, member_traces
+
+    async def main() -> None:
+        sink = Sink()
+        batcher = Batcher(asyncio.get_running_loop(), sink.write, sink.fail, partitions=8)
+        tp = [f"00-{i:032x}-{i:016x}-01".encode() for i in (1, 2)]
+        batcher.offer(SPEC, b"0.p.a", [("traceparent", tp[0]), ("tracestate", b"k=v")], request([[1]]))
+        batcher.offer(SPEC, b"0.p.b", [("traceparent", tp[1])], request([[2]]))
+        batcher.offer(SPEC, b"0.p.c", [], request([[3]]))
+        await asyncio.sleep(0)
+        _, headers, _ = sink.written[0]
+        assert dict(headers)["traceparent"] == tp[0]
+        assert BATCH_TRACE_HEADER in dict(headers)
+        assert member_traces(headers, 3) == [
+            [("traceparent", tp[0]), ("tracestate", b"k=v")],
+            [("traceparent", tp[1])],
+            [],
+        ]
+        assert member_traces(headers, 2) is None  # a listing that does not fit is ignored
+        batcher.close()
+
+    asyncio.run(main())

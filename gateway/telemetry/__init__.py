@@ -1,0 +1,1 @@
+"""Metrics (Prometheus, aggregated over processes), request ids and trace context, optional OpenTelemetry."""
