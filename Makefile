@@ -13,7 +13,7 @@ DIST_DIR ?= dist
 DIST_BUILD ?= build/pyz
 DIST := $(DIST_DIR)/headrace.pyz
 
-.PHONY: install run test test-tansu lint fmt bench bench-models bench-pipelines bench-sharding loadtest clean kafka-jars dist proto
+.PHONY: install run test test-tansu lint fmt bench bench-models bench-pipelines bench-sharding bench-overhead loadtest clean kafka-jars dist proto
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -76,8 +76,8 @@ fmt: install
 	$(BIN)/ruff check --fix .
 	$(BIN)/ruff format .
 
-## Benchmarks: every suite below, one after the other (BENCH_ARGS goes to each).
-bench: bench-models bench-pipelines bench-sharding
+## Benchmarks: every suite below, one after the other (BENCH_ARGS goes to each but the overhead one).
+bench: bench-models bench-pipelines bench-sharding bench-overhead
 
 ## Models: headrace against MLServer, Triton and the REST and gRPC floors (about 20 minutes).
 bench-models: install
@@ -90,6 +90,11 @@ bench-pipelines: install
 ## Sharding: simulated placement of 100 x 16 workers; p99 while workers join and leave under load.
 bench-sharding: install
 	$(BIN)/python -m loadtests.bench.sharding $(BENCH_ARGS)
+
+## Recording's cost: this checkout with metrics on and off against the last commit without them.
+OVERHEAD_ARGS ?= --base 637f01a --rounds 3
+bench-overhead: install
+	$(BIN)/python -m loadtests.bench.overhead --metrics-off $(OVERHEAD_ARGS)
 
 ## A locust scenario, headless, against a running server (REST at TARGET, gRPC :9500, control :9004 on
 ## its host); prints requests, failures, RPS and p50/p90/p99 per request type; fails if any request did.
