@@ -1,7 +1,7 @@
 """A worker's Kafka roles together: model gateway, dataflow and pipeline gateway over one consumer and
 its producers, for the units sharding gives this worker (engine/sharding.py, engine/ownership.py).
 Records for partitions its active units read are also handed over in memory (local hops, see
-backbone.loopback). Units come and go by drain-first handoff: see ``_take`` and ``_drain``."""
+backbone.loopback). Units come and go by drain-first handoff (engine/handover.py)."""
 
 from __future__ import annotations
 
@@ -37,6 +37,7 @@ from headrace.engine.dataflow.graph import PipelineGraph, compile_pipeline
 from headrace.engine.dataflow.runner import DataflowRunner
 from headrace.engine.gateways.model import ModelGateway
 from headrace.engine.gateways.pipeline import PipelineGateway, Reply, Target
+from headrace.engine.handover import UnitKeeper
 from headrace.engine.kafka.config import (
     BUSY_CALLS,
     admin_config,
@@ -48,7 +49,7 @@ from headrace.engine.kafka.config import (
 from headrace.engine.kafka.ready import BrokerNotReady, wait_ready
 from headrace.engine.ownership import ACTIVE, DRAINING, TAKING, TP, Held, Holdings
 from headrace.engine.sharding import MODEL_GATEWAY, PIPELINE, Unit, slot_of
-from headrace.gateway.control import Handover, RoutingTable, UnitRoute
+from headrace.gateway.control import RoutingTable, UnitRoute
 from headrace.gateway.dataplane import DataPlane
 from headrace.gateway.oip.types import InferRequest, InferResponse
 
@@ -56,8 +57,6 @@ log = logging.getLogger("headrace.node")
 
 COMMIT_INTERVAL_S = 1.0
 _UNPARSED: Any = object()
-RETRY_S = 0.25  # a unit whose topics do not exist yet is tried again after this
-DRAIN_POLL_S = 0.005
 #: Forwards a call to the worker that serves it: (worker id, target, request, headers, timeout).
 Forward = Callable[[str, Target, InferRequest, list[tuple[str, Any]], float], Awaitable[Reply]]
 
@@ -99,7 +98,6 @@ class DataNode:
         self.groups = GroupOffsets(admin_config(settings))
         self._admin = ThreadPoolExecutor(2, thread_name_prefix="kafka-admin")
         self.holdings = Holdings()
-        self._assigned: set[TP] = set()  # what the consumer was asked to read
         # with local hops, a step's large payload may be parked in shared memory (its Kafka copy
         # then carries a reference; see backbone/offload.py)
         self.offload = HopOffload(
@@ -131,12 +129,26 @@ class DataNode:
             self.writer, settings.partitions, self._dataflow_error, loop, self.topics.errors
         )
         self.gateway = PipelineGateway(self.topics, fast, busy, BUSY_CALLS)
+        self.keeper = UnitKeeper(
+            loop=loop,
+            settings=settings,
+            topics=self.topics,
+            holdings=self.holdings,
+            groups=self.groups,
+            consumer=self.consumer,
+            admin=self._admin,
+            dataflow=self.dataflow,
+            writers=self._writers,
+            producers=self._producers,
+            models=lambda: self.table.models,
+            awaited=self.gateway.awaited,
+            mark_running=self._mark_running,
+            notify=self._notify,
+            reconcile=self._reconcile,
+        )
         self.table = RoutingTable()
         self.running: dict[str, int] = {}  # pipeline -> version its active units here run
         self.errors: dict[str, str] = {}
-        # what this worker handed over, for the unit's next owner: records to handle again (they
-        # waited in joins), by unit
-        self.released: dict[str, Handover] = {}
         self.leaving = False
         self.forward: Forward | None = None
         self.on_change: Callable[[], None] | None = None
@@ -228,204 +240,24 @@ class DataNode:
                     mine[Unit.parse(key)] = route
                 except ValueError:
                     continue
-        for key in [k for k in self.released if self.table.units.get(k, UnitRoute(owner="")).active]:
-            del self.released[key]  # its next owner serves it: nothing more to tell
+        for key in [k for k in self.keeper.released if self.table.units.get(k, UnitRoute(owner="")).active]:
+            del self.keeper.released[key]  # its next owner serves it: nothing more to tell
         for unit, route in mine.items():
             held = self.holdings.get(unit)
             if held is None and not route.waiting and not self.leaving:
                 held = Held(unit, group_of(unit, self.topics.prefix, self.topics.namespace))
                 self.holdings.add(held)
-                held.task = asyncio.ensure_future(self._take(held, route))
+                held.task = asyncio.ensure_future(self.keeper.take(held, route))
         for held in self.holdings:
             if held.unit not in mine:
                 if held.state != DRAINING:
-                    self._start_drain(held)
+                    self.keeper.start_drain(held)
             elif held.state == ACTIVE and (held.task is None or held.task.done()):
-                grouped, replies = self._reads_of(held.unit)
+                grouped, replies = self.keeper.reads_of(held.unit)
                 if grouped != set(held.reads) or replies != held.replies:
-                    held.task = asyncio.ensure_future(self._extend(held))
+                    held.task = asyncio.ensure_future(self.keeper.extend(held))
         self._mark_running()
         self._notify()
-
-    def _reads_of(self, unit: Unit) -> tuple[set[TP], set[TP]]:
-        """(partitions the unit reads for its group, partitions read for callers' answers)."""
-        p = unit.partition
-        if unit.kind == PIPELINE:
-            entry = self.dataflow.graphs.get(unit.name)
-            grouped = {(topic, p) for topic in entry[0].reads} if entry is not None else set()
-            replies = {(self.topics.pipeline_outputs(unit.name), p), (self.topics.errors, p)}
-            return grouped, replies
-        slot = int(unit.name)
-        consumers = self.settings.modelgateway_max_num_consumers
-        models = [m for m in self.table.models if slot_of(m, consumers) == slot]
-        grouped = {(self.topics.model_inputs(m), p) for m in models}
-        replies = {(self.topics.model_outputs(m), p) for m in models} | {(self.topics.errors, p)}
-        return grouped, replies
-
-    async def _admin_call(self, fn: Callable[..., Any], *args: Any) -> Any:
-        return await self.loop.run_in_executor(self._admin, fn, *args)
-
-    async def _take(self, held: Held, route: UnitRoute) -> None:
-        """Start a unit: its group's offsets (or the partitions' ends), records its last owner asks to
-        be handled again, then the consumer reads from there."""
-        handed = {(t, p): o for t, p, o in route.starts}
-        began = self.loop.time()
-        while self.holdings.get(held.unit) is held:
-            grouped, replies = self._reads_of(held.unit)
-            try:
-                # where its last owner's fence is, when it handed the unit over; else its group's offsets
-                starts = {tp: handed[tp] for tp in grouped if tp in handed}
-                if len(starts) < len(grouped):
-                    looked = await self._admin_call(self.groups.starts, held.group, grouped - set(starts))
-                    starts.update(looked)
-                fresh = replies - grouped - self._assigned
-                ends = await self._admin_call(self.groups.latest, fresh) if fresh else {}
-            except GroupError as exc:
-                log.debug("unit %s not ready: %s", held.unit, exc)
-                await asyncio.sleep(RETRY_S)
-                continue
-            held.reads = dict(starts)
-            held.replies = set(replies)
-            held.replay = {(tp, p, o) for tp, p, o in route.replay if (tp, p) in grouped}
-            self.holdings.reindex()
-            begin = dict(ends)
-            for tp, offset in starts.items():
-                begin[tp] = min([offset, *(o for (x, y, o) in held.replay if (x, y) == tp)])
-            try:
-                await self._read(begin)
-            except Exception as exc:
-                log.warning("unit %s: the consumer could not take it: %s", held.unit, exc)
-                await asyncio.sleep(RETRY_S)
-                continue
-            if self.holdings.get(held.unit) is held and held.state == TAKING:
-                self.holdings.set_state(held, ACTIVE)
-                took = (self.loop.time() - began) * 1000
-                log.info("unit %s taken in %.0f ms%s", held.unit, took, " (handed over)" * bool(handed))
-                self._mark_running()
-                self._notify()
-            return
-
-    async def _extend(self, held: Held) -> None:
-        """An active unit whose topics changed (a new version of its pipeline, a model loaded into its
-        slot): read the new ones from its group's offsets, stop reading the dropped ones."""
-        grouped, replies = self._reads_of(held.unit)
-        new = grouped - set(held.reads)
-        gone = set(held.reads) - grouped
-        if gone:
-            for tp in gone:
-                held.reads.pop(tp, None)
-        held.replies = set(replies)
-        begin: dict[TP, int] = {}
-        try:
-            if new:
-                starts = await self._admin_call(self.groups.starts, held.group, new)
-                held.reads.update(starts)
-                begin.update(starts)
-            fresh = replies - grouped - self._assigned
-            if fresh:
-                begin.update(await self._admin_call(self.groups.latest, fresh))
-        except GroupError as exc:
-            log.debug("unit %s: new topics not ready: %s", held.unit, exc)
-            self.loop.call_later(RETRY_S, self._reconcile)
-            return
-        self.holdings.reindex()
-        if begin:
-            await self._read(begin)
-        self._unread_unused()
-        self._mark_running()
-
-    async def _read(self, begin: dict[TP, int]) -> None:
-        self._assigned |= set(begin)
-        await self.consumer.change(add=begin)
-
-    def _unread_unused(self) -> None:
-        """Stop reading partitions no held unit reads and no caller waits on."""
-        needed = self.holdings.reading() | self.gateway.awaited()
-        drop = self._assigned - needed
-        if drop:
-            self._assigned -= drop
-            self.consumer.change(drop=drop)
-
-    def _start_drain(self, held: Held) -> None:
-        if held.task is not None and not held.task.done():
-            held.task.cancel()
-        if held.state == TAKING:  # it never served: nothing to hand over
-            self.holdings.remove(held.unit)
-            self._unread_unused()
-            return
-        self.holdings.set_state(held, DRAINING)
-        held.task = asyncio.ensure_future(self._drain(held))
-        self._notify()
-
-    async def _drain(self, held: Held) -> None:
-        """Hand a unit over without losing or repeating a record: new calls no longer use its
-        partition; once everything this worker wrote to its partition is acknowledged, the fence is
-        taken (the partitions' ends); what is below it is finished here (a pipeline's partial batches
-        are written, records waiting in joins are listed for the next owner, who handles them
-        again); the fence is committed for the unit's group, where the next owner starts."""
-        unit = held.unit
-        began = self.loop.time()
-        deadline = began + self.settings.grace_period_s
-        partition = unit.partition
-        pending = [f for w in self._writers for f in w.pending(partition)]
-        if pending:
-            # send what lingers now rather than at the end of its linger
-            await self._admin_call(self._flush_producers)
-            await asyncio.wait(pending, timeout=max(0.0, deadline - self.loop.time()))
-        try:
-            held.fence = await self._admin_call(self.groups.latest, list(held.reads))
-        except GroupError as exc:
-            log.warning("unit %s: no fence (%s); handing over from its last commit", unit, exc)
-            held.fence = dict(held.reads)
-        if unit.kind == PIPELINE:
-            self.dataflow.batcher.flush_pipeline(unit.name)
-        tracker = self.holdings.trackers[held.group]
-        while self.loop.time() < deadline and not held.caught_up(self.holdings.trackers):
-            if held.parked and self._only_joins_left(held):
-                break  # only records waiting in joins are left: their next owner handles them
-            await asyncio.sleep(DRAIN_POLL_S)
-        replay = sorted(held.parked)
-        if unit.kind == PIPELINE:
-            self.dataflow.release(unit.name, partition)
-        commit = dict(held.fence or {})
-        if not held.caught_up(self.holdings.trackers) and not replay:
-            # out of time: hand over from what is finished (the next owner may repeat some records)
-            commit = {tp: o for tp, o in tracker.positions().items() if tp in held.reads}
-            log.warning("unit %s: handed over before it finished (%s)", unit, commit)
-        try:
-            await self._admin_call(self.groups.commit, held.group, commit)
-        except GroupError as exc:
-            log.warning("unit %s: fence not committed (%s): its next owner may repeat records", unit, exc)
-        for tp in held.reads:
-            tracker.forget(tp)
-        self.holdings.remove(unit)
-        self.released[str(unit)] = Handover(
-            starts=sorted((t, p, o) for (t, p), o in commit.items()), replay=replay
-        )
-        log.info(
-            "unit %s handed over in %.0f ms (%d records to handle again)",
-            unit,
-            (self.loop.time() - began) * 1000,
-            len(replay),
-        )
-        self._unread_unused()
-        self._mark_running()
-        self._notify()
-
-    def _flush_producers(self) -> None:
-        for producer in self._producers():
-            producer.flush(1.0)
-
-    def _only_joins_left(self, held: Held) -> bool:
-        """Draining: everything below the fence was read, and what is not finished waits in joins."""
-        fence = held.fence or {}
-        if any(held.reads.get(tp, end) < end for tp, end in fence.items()):
-            return False
-        tracker = self.holdings.trackers[held.group]
-        parked: dict[TP, int] = {}
-        for topic, partition, _ in held.parked:
-            parked[(topic, partition)] = parked.get((topic, partition), 0) + 1
-        return all(tracker.in_flight(tp) <= parked.get(tp, 0) for tp in fence)
 
     def _mark_running(self) -> None:
         """A pipeline runs here (at the table's version) once an active unit of it reads every topic
@@ -463,7 +295,7 @@ class DataNode:
             "pipelines": dict(self.running),
             "pipeline_errors": dict(self.errors),
             "held": self.holdings.report(),
-            "released": dict(self.released),
+            "released": dict(self.keeper.released),
             "leaving": self.leaving,
         }
 
@@ -708,7 +540,7 @@ class DataNode:
     def _commit(self) -> None:
         self._commit_timer = self.loop.call_later(COMMIT_INTERVAL_S, self._commit)
         self.hops.sweep()
-        self._unread_unused()
+        self.keeper.unread_unused()
         if self._committing:
             return
         due = self._due_commits()
