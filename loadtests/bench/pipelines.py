@@ -13,6 +13,7 @@ Cells (REST, wrk -t1, small JSON body, closed loop):
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import os
 import shutil
 import statistics
@@ -626,10 +627,38 @@ def batching_gain(res: Results) -> list[str]:
     ]
 
 
-def plot(res: Results, path: Path) -> str | None:
-    for site in sorted((CACHE_DIR / "tools-venv" / "lib").glob("python3*/site-packages")):
+def _matplotlib_on_path() -> None:
+    """matplotlib lives in the harness's tools venv, not the runtime deps: installed there if missing."""
+    venv = CACHE_DIR / "tools-venv"
+    if importlib.util.find_spec("matplotlib") is None:
+        py = venv / "bin" / "python"
+        if not py.exists():
+            run_quiet([sys.executable, "-m", "venv", str(venv)], timeout=120)
+        has = subprocess.run(
+            [str(py), "-c", "import matplotlib"], capture_output=True, timeout=60, check=False
+        )
+        if has.returncode != 0:
+            run_quiet([str(py), "-m", "pip", "install", "-q", "matplotlib"], timeout=900)
+    for site in sorted((venv / "lib").glob("python3*/site-packages")):
         if str(site) not in sys.path:
-            sys.path.append(str(site))  # matplotlib lives in the harness's tools venv, not the runtime deps
+            sys.path.append(str(site))
+
+
+def load_results(path: Path) -> Results:
+    """The rows of a results file written by main()."""
+    res = Results()
+    for doc in orjson.loads(path.read_bytes())["rows"]:
+        row = res.row(doc["system"], doc["target"], doc["steps"], doc["load"], doc["conns"])
+        row.runs = [Measurement(**m) for m in doc["runs"]]
+        row.failures = list(doc.get("failures", []))
+    return res
+
+
+def plot(res: Results, path: Path) -> str | None:
+    try:
+        _matplotlib_on_path()
+    except SetupError as exc:
+        return f"no plot: {exc}"
     try:
         import matplotlib  # type: ignore[import-not-found]
 
@@ -649,7 +678,7 @@ def plot(res: Results, path: Path) -> str | None:
         pts = sorted(
             (r.steps, r.p50() or 0.0)
             for r in res.rows.values()
-            if r.system == system and r.load == load and r.runs
+            if r.system == system and r.load == load and r.runs and r.target.startswith(("direct", "chain"))
         )
         half = next((r.conns for r in res.rows.values() if r.system == system and r.load == load), 0)
         if load == "half":
@@ -683,7 +712,14 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument("--out", type=Path, default=RESULTS_DIR)
     p.add_argument("--png", type=Path, default=PNG)
+    p.add_argument(
+        "--replot", type=Path, metavar="RESULTS.json", help="only draw --png again from a run's results file"
+    )
     args = p.parse_args(argv)
+    if args.replot is not None:
+        problem = plot(load_results(args.replot), args.png)
+        console.print(problem or f"plot {args.png}")
+        return 1 if problem else 0
     only = {x.strip() for x in args.only.split(",") if x.strip()}
     res = Results()
     machine = machine_line()
