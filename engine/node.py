@@ -159,6 +159,7 @@ class DataNode:
         self._turn = 0
         self._said: dict[str, Any] = {}  # the report last announced
         self._parsed: dict[str, t.TopicRef | None] = {}  # topic -> what it is, parsed once
+        self._shared: frozenset[TP] = frozenset()  # partitions other workers' units read too
 
     def _loopback(
         self,
@@ -177,10 +178,39 @@ class DataNode:
             offload=self.offload if offloadable is not None else None,
             offloadable=offloadable,
             remote=remote,
+            shared=self._is_shared,
         )
 
     def _producers(self) -> list[AsyncProducer]:
         return list(dict.fromkeys([self.producer, self.hop_producer, self.busy_producer]))
+
+    def _is_shared(self, topic: str, partition: int) -> bool:
+        return (topic, partition) in self._shared
+
+    def _read_elsewhere(self) -> frozenset[TP]:
+        """Partitions that units other workers own (or are taking) read for their work: a record this
+        worker writes there is waited for by another worker too, so it must not linger."""
+        out: set[TP] = set()
+        slots: dict[int, list[str]] | None = None
+        for key, route in self.table.units.items():
+            if route.owner == self.me:
+                continue
+            try:
+                unit = Unit.parse(key)
+            except ValueError:
+                continue
+            if unit.kind == PIPELINE:
+                entry = self.dataflow.graphs.get(unit.name)
+                if entry is not None:
+                    out.update((topic, unit.partition) for topic in entry[0].reads)
+                continue
+            if slots is None:
+                consumers = self.settings.modelgateway_max_num_consumers
+                slots = {}
+                for model in self.table.models:
+                    slots.setdefault(slot_of(model, consumers), []).append(model)
+            out.update((self.topics.model_inputs(m), unit.partition) for m in slots.get(int(unit.name), ()))
+        return frozenset(out)
 
     def _is_model_topic(self, topic: str) -> bool:
         """A step's record (a model's inputs or outputs): its payload may be parked in shared memory.
@@ -228,6 +258,7 @@ class DataNode:
                 errors[name] = f"unreadable manifest: {exc}"
         self.dataflow.set_pipelines(graphs)
         self.errors = errors
+        self._shared = self._read_elsewhere()
         self._reconcile()
 
     def _reconcile(self) -> None:

@@ -215,11 +215,14 @@ class LoopbackProducer:
         offload: HopOffload | None = None,
         offloadable: Callable[[str], bool] | None = None,
         remote: AsyncProducer | None = None,
+        shared: Callable[[str, int], bool] | None = None,
     ) -> None:
         self.producer = producer
         # records for partitions this worker does not read (another worker waits for them) go through
-        # this one (e.g. a producer that does not linger), when given
+        # this one (e.g. a producer that does not linger), when given; so do records this worker
+        # reads that another worker reads too (``shared``), with their payload in the record
         self.remote = remote or producer
+        self.shared = shared
         self.ledger = ledger
         self.is_local = is_local
         self.deliver = deliver
@@ -250,12 +253,20 @@ class LoopbackProducer:
             self.last[(topic, partition)] = written
             return written
         parked = None
-        if self.offload is not None and self.offloadable is not None and self.offloadable(topic):
+        shared = self.shared is not None and self.shared(topic, partition)
+        if (
+            self.offload is not None
+            and self.offloadable is not None
+            and self.offloadable(topic)
+            and not shared
+        ):
             parked = self.offload.park(value)
         seq, stamp = self.ledger.stamp(parked[1] if parked else None)
         stamped: list[tuple[str, Any]] = [(HOP_HEADER, stamp), *headers]
         if parked is None:
-            written = self.producer.produce(topic, partition, key, value, stamped)
+            written = (self.remote if shared else self.producer).produce(
+                topic, partition, key, value, stamped
+            )
         else:  # the broker's copy carries a reference to the payload parked in shared memory
             written = self.producer.produce(
                 topic, partition, key, b"", [*stamped, (OFFLOAD_HEADER, parked[0])]

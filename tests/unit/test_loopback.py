@@ -175,3 +175,30 @@ def test_disabled_means_every_hop_goes_through_the_broker() -> None:
         assert producer.sent == [("mine", 0, [("pipeline", b"p")])]
 
     asyncio.run(run())
+
+
+def test_a_record_another_worker_reads_too_is_handed_over_and_sent_without_lingering() -> None:
+    async def run() -> None:
+        loop = asyncio.get_running_loop()
+        lingering, prompt, ledger = FakeProducer(loop), FakeProducer(loop), HopLedger()
+        delivered: list[LocalRecord] = []
+        writer = LoopbackProducer(
+            lingering,  # type: ignore[arg-type]
+            ledger,
+            lambda topic, partition: topic in ("mine", "both"),
+            delivered.append,
+            loop,
+            remote=prompt,  # type: ignore[arg-type]
+            shared=lambda topic, partition: topic == "both",
+        )
+        writer.produce("mine", 0, b"k1", b"v", [])  # only this worker reads it: it may linger
+        writer.produce("both", 0, b"k2", b"v", [])  # another worker waits for it too
+        writer.produce("theirs", 0, b"k3", b"v", [])  # only another worker reads it
+        await asyncio.sleep(0)
+        assert [r.topic() for r in delivered] == ["mine", "both"]
+        assert [s[0] for s in lingering.sent] == ["mine"]
+        assert [s[0] for s in prompt.sent] == ["both", "theirs"]
+        # the shared record carries this worker's stamp, so its own copy is not handled twice here
+        assert ledger.own(prompt.sent[0][2]) == delivered[1].seq
+
+    asyncio.run(run())
