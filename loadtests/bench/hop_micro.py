@@ -139,7 +139,7 @@ async def run(requests: int, rounds: int, settle: bool = True) -> list[float]:
     for held in list(node.holdings):
         if held.task is not None:
             held.task.cancel()
-        grouped, replies = node._reads_of(held.unit)
+        grouped, replies = node.keeper.reads_of(held.unit)
         held.reads = dict.fromkeys(grouped, 0)
         held.replies = set(replies)
         node.holdings.set_state(held, ACTIVE)
