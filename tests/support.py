@@ -12,11 +12,13 @@ import sys
 import time
 import urllib.error
 import urllib.request
+import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
+from confluent_kafka import Consumer, Message, TopicPartition
 
 REPO = Path(__file__).resolve().parent.parent
 SAMPLES = REPO / "config" / "samples" / "models"
@@ -234,3 +236,27 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Serve]:
         yield s
     finally:
         s.stop()
+
+
+def read_keys(
+    bootstrap: str, topics: list[str], needle: str, want: int, settle_s: float = 1.5
+) -> list[Message]:
+    """Every record, from the start of ``topics``, whose key contains ``needle``: polls until ``want``
+    have come, then ``settle_s`` more to catch any duplicate."""
+    consumer = Consumer(
+        {"bootstrap.servers": bootstrap, "group.id": f"t-{uuid.uuid4().hex}", "enable.auto.commit": False}
+    )
+    consumer.assign([TopicPartition(topic, p, 0) for topic in topics for p in range(8)])
+    found: list[Message] = []
+    try:
+        deadline = time.monotonic() + 30
+        settle_until: float | None = None
+        while time.monotonic() < (settle_until or deadline):
+            msg = consumer.poll(0.2)
+            if msg is not None and not msg.error() and needle in (msg.key() or b"").decode():
+                found.append(msg)
+            if settle_until is None and len(found) >= want:
+                settle_until = time.monotonic() + settle_s
+    finally:
+        consumer.close()
+    return found

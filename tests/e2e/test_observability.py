@@ -20,9 +20,8 @@ from typing import Any
 import grpc
 import orjson
 import pytest
-from confluent_kafka import Consumer, TopicPartition
 from prometheus_client.parser import text_string_to_metric_families
-from support import SAMPLES, Serve, free_port, http_post
+from support import SAMPLES, Serve, free_port, http_post, read_keys
 from tritonclient.grpc import service_pb2 as pb2
 from tritonclient.grpc import service_pb2_grpc as pb2_grpc
 
@@ -250,23 +249,6 @@ def traced(tmp_path_factory: pytest.TempPathFactory, receiver: Receiver) -> Iter
         s.stop()
 
 
-def read_key(bootstrap: str, topics: list[str], needle: str, want: int) -> list[Any]:
-    consumer = Consumer(
-        {"bootstrap.servers": bootstrap, "group.id": f"t-{uuid.uuid4().hex}", "enable.auto.commit": False}
-    )
-    consumer.assign([TopicPartition(topic, p, 0) for topic in topics for p in range(8)])
-    found: list[Any] = []
-    try:
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline and len(found) < want:
-            msg = consumer.poll(0.2)
-            if msg is not None and not msg.error() and needle in (msg.key() or b"").decode():
-                found.append(msg)
-    finally:
-        consumer.close()
-    return found
-
-
 @pytest.mark.timeout(150)
 def test_trace_context_travels_on_every_record_and_spans_chain_across_the_hops(
     traced: Serve, receiver: Receiver
@@ -282,7 +264,7 @@ def test_trace_context_travels_on_every_record_and_spans_chain_across_the_hops(
     ns = "seldon.default"
     topics = [f"{ns}.pipeline.demo.inputs", f"{ns}.pipeline.demo.outputs"]
     topics += [f"{ns}.model.{m}.{d}" for m in ("echo", "sum") for d in ("inputs", "outputs")]
-    records = read_key(traced.bootstrap, topics, rid, want=len(topics))
+    records = read_keys(traced.bootstrap, topics, rid, want=len(topics), settle_s=0)
     assert sorted(m.topic() for m in records) == sorted(topics)
     for m in records:
         h = dict(m.headers())

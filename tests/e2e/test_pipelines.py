@@ -20,7 +20,7 @@ import orjson
 import pytest
 import tritonclient.grpc as grpcclient
 from confluent_kafka import Consumer, Producer, TopicPartition
-from support import HEADRACE, SAMPLES, Serve, http_get, http_post
+from support import HEADRACE, SAMPLES, Serve, http_get, http_post, read_keys
 from tritonclient.grpc import service_pb2 as pb2
 
 pytestmark = pytest.mark.e2e
@@ -676,28 +676,6 @@ def test_replay_resubmits_recorded_inputs_and_shows_new_answers_beside_the_recor
     assert lines[-1] == "1 replayed: 0 same, 1 differ"
     proc = replay("--request-id", "no-such-request")
     assert proc.returncode == 1 and "no recorded inputs of pipeline versioned match" in proc.stderr
-
-
-def read_keys(bootstrap: str, topics: list[str], needle: str, want: int, settle_s: float = 1.5) -> list[Any]:
-    """Every record, from the start of ``topics``, whose key contains ``needle``: polls until ``want``
-    have come, then ``settle_s`` more to catch any duplicate."""
-    consumer = Consumer(
-        {"bootstrap.servers": bootstrap, "group.id": f"t-{uuid.uuid4().hex}", "enable.auto.commit": False}
-    )
-    consumer.assign([TopicPartition(topic, p, 0) for topic in topics for p in range(8)])
-    found: list[Any] = []
-    try:
-        deadline = time.monotonic() + 30
-        settle_until: float | None = None
-        while time.monotonic() < (settle_until or deadline):
-            msg = consumer.poll(0.2)
-            if msg is not None and not msg.error() and needle in (msg.key() or b"").decode():
-                found.append(msg)
-            if settle_until is None and len(found) >= want:
-                settle_until = time.monotonic() + settle_s
-    finally:
-        consumer.close()
-    return found
 
 
 def test_every_hop_is_written_to_its_topic_exactly_once(kserve: Serve) -> None:
