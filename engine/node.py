@@ -417,7 +417,7 @@ class DataNode:
             route = self.table.pipelines.get(target.name)
             if route is None or not route.ready or self.running.get(target.name) != route.version:
                 return ()
-        return tuple(self.holdings.active(kind, name))
+        return self.holdings.active(kind, name)
 
     def _not_served(self, target: Target) -> str:
         if target.kind == t.PIPELINE:

@@ -12,7 +12,7 @@ until its fence is known (they are all below it).
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 from headrace.engine.backbone.offsets import OffsetTracker
@@ -76,8 +76,8 @@ class Holdings:
     def __init__(self) -> None:
         self.units: dict[Unit, Held] = {}
         self._readers: dict[TP, list[Held]] = {}
-        self._answers: dict[TP, list[Held]] = {}
         self._local: set[TP] = set()
+        self._active: dict[tuple[str, str], tuple[int, ...]] = {}
         self.trackers: dict[str, OffsetTracker] = {}
 
     def __iter__(self) -> Iterator[Held]:
@@ -105,11 +105,15 @@ class Holdings:
             for tp in held.replies:
                 answers.setdefault(tp, []).append(held)
         self._readers = readers
-        self._answers = answers
         # partitions an active unit reads (for its work or its callers' answers): records written
         # to them are handed over in memory
         self._local = {tp for tp, hs in readers.items() if any(h.state == ACTIVE for h in hs)}
         self._local |= {tp for tp, hs in answers.items() if any(h.state == ACTIVE for h in hs)}
+        active: dict[tuple[str, str], list[int]] = {}
+        for held in self.units.values():
+            if held.state == ACTIVE:
+                active.setdefault((held.unit.kind, held.unit.name), []).append(held.unit.partition)
+        self._active = {key: tuple(sorted(ps)) for key, ps in active.items()}
 
     def readers(self, tp: TP) -> list[Held]:
         return self._readers.get(tp, [])
@@ -121,13 +125,10 @@ class Holdings:
             out |= set(held.reads) | held.replies
         return out
 
-    def active(self, kind: str, name: str) -> list[int]:
-        """Partitions of a resource this worker serves now (new calls may use them)."""
-        return sorted(
-            h.unit.partition
-            for h in self.units.values()
-            if h.state == ACTIVE and h.unit.kind == kind and h.unit.name == name
-        )
+    def active(self, kind: str, name: str) -> tuple[int, ...]:
+        """Partitions of a resource this worker serves now (new calls may use them; indexed by
+        ``reindex``, so a call costs one lookup)."""
+        return self._active.get((kind, name), ())
 
     def local(self, tp: TP) -> bool:
         """A record written to ``tp`` is handed over in memory when an active unit reads it, for its
@@ -141,6 +142,3 @@ class Holdings:
 
     def report(self) -> dict[str, str]:
         return {str(h.unit): h.state for h in self.units.values() if h.state in (ACTIVE, DRAINING)}
-
-    def groups_of(self, units: Iterable[Held]) -> set[str]:
-        return {h.group for h in units}
