@@ -42,6 +42,9 @@ def broker_under_test() -> str:
     return name
 
 
+_LIBRDKAFKA_LINE = re.compile(r"^%\d\|\d+\.\d+\|")
+
+
 def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("127.0.0.1", 0))
@@ -169,10 +172,14 @@ class Serve:
         raise AssertionError(f"{path} not ready within {timeout}s:\n{self.log_text()}")
 
     def log_text(self) -> str:
+        """The log's tail, without librdkafka's own lines (a broker that is not up yet fills the log
+        with connection refusals, which would push the lines that say why out of the tail)."""
         try:
-            return self.log.read_text(errors="replace")[-6000:]
+            text = self.log.read_text(errors="replace")
         except OSError:
             return ""
+        lines = [line for line in text.splitlines() if not _LIBRDKAFKA_LINE.match(line)]
+        return "\n".join(lines)[-6000:]
 
     def broker_pid(self, timeout: float = 60.0) -> int:
         """The pid of the broker itself (the JVM or tansu under the `broker` child), once started; fails
