@@ -13,10 +13,10 @@ from typing import Any
 
 from headrace.config.settings import Settings
 from headrace.engine import topics as t
-from headrace.engine.backbone.consumer import PartitionConsumer
 from headrace.engine.backbone.groups import GroupError, GroupOffsets
 from headrace.engine.backbone.loopback import LoopbackProducer
 from headrace.engine.backbone.producer import AsyncProducer
+from headrace.engine.backbone.split_consumer import SplitConsumer
 from headrace.engine.dataflow.runner import DataflowRunner
 from headrace.engine.ownership import ACTIVE, DRAINING, TAKING, TP, Held, Holdings
 from headrace.engine.sharding import PIPELINE, Unit, slot_of
@@ -39,7 +39,7 @@ class UnitKeeper:
         topics: t.Topics,
         holdings: Holdings,
         groups: GroupOffsets,
-        consumer: PartitionConsumer,
+        consumer: SplitConsumer,
         admin: ThreadPoolExecutor,
         dataflow: DataflowRunner,
         writers: Sequence[LoopbackProducer],

@@ -33,6 +33,7 @@ from headrace.engine.backbone.offload import (
 )
 from headrace.engine.backbone.producer import AsyncProducer, HeaderSeq, ProduceError
 from headrace.engine.backbone.record import Record, headers_of
+from headrace.engine.backbone.split_consumer import SplitConsumer
 from headrace.engine.dataflow.graph import PipelineGraph, compile_pipeline
 from headrace.engine.dataflow.runner import DataflowRunner
 from headrace.engine.gateways.model import ModelGateway
@@ -42,6 +43,7 @@ from headrace.engine.kafka.config import (
     BUSY_CALLS,
     admin_config,
     busy_producer_config,
+    consumer_config,
     dataplane_consumer_config,
     hop_producer_config,
     producer_config,
@@ -88,13 +90,20 @@ class DataNode:
         group = f"{settings.topic_prefix}-{settings.namespace}-headrace-dataplane"
         consumer_conf = dataplane_consumer_config(settings, group)
         # -- metrics hooks (engine/sampler.py): consumer lag, produce→delivery per producer
-        consumer_conf.update(sampler.consumer_stats(index))
+        consumer_conf.update(sampler.consumer_stats(index, "bulk"))
         self.producer.delivery = sampler.delivery(index, "fast")
         if settings.local_hops:
             self.hop_producer.delivery = sampler.delivery(index, "hop")
             self.busy_producer.delivery = sampler.delivery(index, "busy")
         # --
-        self.consumer = PartitionConsumer(consumer_conf, loop, self._dispatch)
+        # with local hops, records other workers write for this one are read by a second consumer
+        # that does not wait for bulk fetches (backbone/split_consumer.py)
+        prompt = None
+        if settings.local_hops:
+            prompt_conf = consumer_config(settings, group)
+            prompt_conf.update(sampler.consumer_stats(index, "prompt"))
+            prompt = PartitionConsumer(prompt_conf, loop, self._dispatch)
+        self.consumer = SplitConsumer(PartitionConsumer(consumer_conf, loop, self._dispatch), prompt)
         self.groups = GroupOffsets(admin_config(settings))
         self._admin = ThreadPoolExecutor(2, thread_name_prefix="kafka-admin")
         self.holdings = Holdings()
@@ -187,11 +196,14 @@ class DataNode:
     def _is_shared(self, topic: str, partition: int) -> bool:
         return (topic, partition) in self._shared
 
-    def _read_elsewhere(self) -> frozenset[TP]:
-        """Partitions that units other workers own (or are taking) read for their work: a record this
-        worker writes there is waited for by another worker too, so it must not linger."""
-        out: set[TP] = set()
+    def _elsewhere(self) -> tuple[frozenset[TP], frozenset[TP]]:
+        """(partitions units other workers own read, partitions they write). A record this worker
+        writes to the first is waited for by another worker too, so it must not linger; the second
+        carry records waited for here, so this worker reads them promptly (backbone/split_consumer.py)."""
+        read: set[TP] = set()
+        written: set[TP] = set()
         slots: dict[int, list[str]] | None = None
+        errors = self.topics.errors
         for key, route in self.table.units.items():
             if route.owner == self.me:
                 continue
@@ -199,18 +211,26 @@ class DataNode:
                 unit = Unit.parse(key)
             except ValueError:
                 continue
+            p = unit.partition
             if unit.kind == PIPELINE:
                 entry = self.dataflow.graphs.get(unit.name)
                 if entry is not None:
-                    out.update((topic, unit.partition) for topic in entry[0].reads)
+                    graph = entry[0]
+                    read.update((topic, p) for topic in graph.reads)
+                    written.update((topic, p) for topic in graph.writes)
+                    written.add((graph.inputs_topic, p))  # its pipeline gateway's
                 continue
             if slots is None:
                 consumers = self.settings.modelgateway_max_num_consumers
                 slots = {}
                 for model in self.table.models:
                     slots.setdefault(slot_of(model, consumers), []).append(model)
-            out.update((self.topics.model_inputs(m), unit.partition) for m in slots.get(int(unit.name), ()))
-        return frozenset(out)
+            models = slots.get(int(unit.name), ())
+            read.update((self.topics.model_inputs(m), p) for m in models)
+            written.update((self.topics.model_outputs(m), p) for m in models)
+            if models:
+                written.add((errors, p))
+        return frozenset(read), frozenset(written)
 
     def _is_model_topic(self, topic: str) -> bool:
         """A step's record (a model's inputs or outputs): its payload may be parked in shared memory.
@@ -258,7 +278,8 @@ class DataNode:
                 errors[name] = f"unreadable manifest: {exc}"
         self.dataflow.set_pipelines(graphs)
         self.errors = errors
-        self._shared = self._read_elsewhere()
+        self._shared, prompt = self._elsewhere()
+        self.consumer.prompt(prompt)
         self._reconcile()
 
     def _reconcile(self) -> None:

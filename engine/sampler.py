@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import threading
 from collections import Counter as Tally
 from typing import TYPE_CHECKING, Any
 
@@ -70,14 +71,20 @@ class Sampler:
         seen |= set(values)
 
 
-def consumer_stats(worker: int) -> dict[str, Any]:
-    """librdkafka properties that make a worker's consumer report its lag every STATS_INTERVAL_MS:
-    per topic, the records between what was handed to the worker and the partitions' high
-    watermarks (the callback runs on the consumer's own thread, inside its poll)."""
+#: Per worker, the last lag each of its consumers reported, by topic (the gauge shows their sum).
+_LAGS: dict[str, dict[str, dict[str, float]]] = {}
+_LAGS_LOCK = threading.Lock()
+
+
+def consumer_stats(worker: int, consumer: str) -> dict[str, Any]:
+    """librdkafka properties that make one of a worker's consumers report its lag every
+    STATS_INTERVAL_MS: per topic, the records between what was handed to the worker and the
+    partitions' high watermarks, summed over the worker's consumers (the callback runs on the
+    consumer's own thread, inside its poll)."""
     if m.directory() is None:
         return {}
     label = str(worker)
-    seen: set[str] = set()
+    lags = _LAGS.setdefault(label, {})
 
     def on_stats(text: str) -> None:
         try:
@@ -92,11 +99,17 @@ def consumer_stats(worker: int) -> dict[str, Any]:
                     if hi >= 0 and at >= 0 and hi > at:
                         total += hi - at
                 lag[topic] = float(total)
-            for topic in seen - set(lag):
-                m.KAFKA_LAG.labels(label, topic).set(0.0)
-            for topic, value in lag.items():
-                m.KAFKA_LAG.labels(label, topic).set(value)
-            seen.update(lag)
+            with _LAGS_LOCK:
+                before = {t for side in lags.values() for t in side}
+                lags[consumer] = lag
+                now: dict[str, float] = {}
+                for side in lags.values():
+                    for topic, value in side.items():
+                        now[topic] = now.get(topic, 0.0) + value
+                for topic in before - set(now):
+                    m.KAFKA_LAG.labels(label, topic).set(0.0)
+                for topic, value in now.items():
+                    m.KAFKA_LAG.labels(label, topic).set(value)
         except Exception:
             log.debug("unreadable librdkafka statistics", exc_info=True)
 

@@ -28,7 +28,8 @@ TP = tuple[str, int]
 class _Change:
     add: dict[TP, int] = field(default_factory=dict)
     drop: set[TP] = field(default_factory=set)
-    done: asyncio.Future[None] | None = None
+    done: asyncio.Future[Any] | None = None
+    release: bool = False  # drop, answering where each dropped pair had got to
 
 
 class PartitionConsumer:
@@ -67,6 +68,14 @@ class PartitionConsumer:
             self._changes.append(_Change(dict(add or {}), set(drop), fut))
         return fut
 
+    def release(self, tps: Iterable[TP]) -> asyncio.Future[dict[TP, int]]:
+        """Stop reading these pairs; the future gives, for those that were read, the offset after the
+        last record handed on (where another consumer takes them up)."""
+        fut: asyncio.Future[dict[TP, int]] = self._loop.create_future()
+        with self._lock:
+            self._changes.append(_Change(drop=set(tps), done=fut, release=True))
+        return fut
+
     def stop(self) -> None:
         self._stop.set()
         if self._thread.is_alive():
@@ -80,8 +89,9 @@ class PartitionConsumer:
             while not self._stop.is_set():
                 self._apply(consumer)
                 # consume(n, t) waits for a full batch or the timeout: block for the first record
-                # only, then take whatever else is already here
-                first = consumer.poll(0.05 if self._changes or not self._assigned else 0.2)
+                # only, then take whatever else is already here (briefly: a change asked for
+                # meanwhile waits for the poll to end)
+                first = consumer.poll(0.05)
                 if first is None:
                     continue
                 msgs = [first, *consumer.consume(self._batch - 1, 0)] if self._batch > 1 else [first]
@@ -100,17 +110,18 @@ class PartitionConsumer:
             changes, self._changes = self._changes, []
         for change in changes:
             try:
-                self._apply_one(consumer, change)
+                result = self._apply_one(consumer, change)
             except KafkaException as exc:
                 log.warning("assignment change failed: %s", exc)
                 if change.done is not None:
                     self._loop.call_soon_threadsafe(_fail, change.done, exc)
                 continue
             if change.done is not None:
-                self._loop.call_soon_threadsafe(_resolve, change.done)
+                self._loop.call_soon_threadsafe(_resolve, change.done, result if change.release else None)
 
-    def _apply_one(self, consumer: Consumer, change: _Change) -> None:
+    def _apply_one(self, consumer: Consumer, change: _Change) -> dict[TP, int]:
         drop = {tp for tp in change.drop if tp in self._assigned and tp not in change.add}
+        reached = {tp: self._next[tp] for tp in drop if tp in self._next}
         rewind = {tp for tp, o in change.add.items() if tp in self._assigned and o < self._next.get(tp, 0)}
         if drop | rewind:
             consumer.incremental_unassign([TopicPartition(t, p) for t, p in sorted(drop | rewind)])
@@ -123,13 +134,14 @@ class PartitionConsumer:
             self._assigned |= set(new)
             for tp, offset in new.items():
                 self._next[tp] = offset
+        return reached
 
 
-def _resolve(fut: asyncio.Future[None]) -> None:
+def _resolve(fut: asyncio.Future[Any], result: Any = None) -> None:
     if not fut.done():
-        fut.set_result(None)
+        fut.set_result(result)
 
 
-def _fail(fut: asyncio.Future[None], exc: BaseException) -> None:
+def _fail(fut: asyncio.Future[Any], exc: BaseException) -> None:
     if not fut.done():
         fut.set_exception(exc)

@@ -1,0 +1,94 @@
+"""A worker's partitions over two consumers: records it wrote itself fetched in bulk, others' promptly.
+
+With local hops, most records a worker reads are copies of what it wrote and handed over in memory:
+they come back only to be committed, so the bulk consumer lets the broker hold its fetches until
+enough bytes gather (config.LOCAL_FETCH_*), which keeps the broker's CPU low. A record another worker
+wrote for this one (a step whose next step runs elsewhere: a multiplier below the worker count, or a
+unit in the middle of a handover) is waited for, so the partitions such records land on are read by
+a second, prompt consumer (the broker answers its fetch as soon as a record arrives). Which pairs are
+prompt follows the routing table (``prompt()``); a pair that changes sides is released by one
+consumer and taken up by the other from the offset after the last record handed on, so nothing is
+skipped or handed on twice. The prompt consumer is opened on first use.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterable, Mapping
+
+from headrace.engine.backbone.consumer import TP, PartitionConsumer
+
+
+class SplitConsumer:
+    """The PartitionConsumer interface the units use, over a bulk and an optional prompt consumer."""
+
+    def __init__(self, bulk: PartitionConsumer, prompt: PartitionConsumer | None = None) -> None:
+        self.bulk = bulk
+        self.prompt_consumer = prompt
+        self._prompt: frozenset[TP] = frozenset()
+        self._where: dict[TP, PartitionConsumer] = {}  # who reads each pair asked for
+        self._lock = asyncio.Lock()  # changes are applied one at a time, in the order asked
+        self._started = False
+
+    @property
+    def started(self) -> bool:
+        return self._started
+
+    def start(self) -> None:
+        self.bulk.start()
+        self._started = True
+
+    def stop(self) -> None:
+        self.bulk.stop()
+        if self.prompt_consumer is not None and self.prompt_consumer.started:
+            self.prompt_consumer.stop()
+
+    def reading(self, prompt: bool) -> frozenset[TP]:
+        """The pairs read now by the prompt (True) or the bulk (False) consumer."""
+        side = self.prompt_consumer if prompt else self.bulk
+        return frozenset(tp for tp, c in self._where.items() if c is side)
+
+    def change(self, add: Mapping[TP, int] | None = None, drop: Iterable[TP] = ()) -> asyncio.Future[None]:
+        """As PartitionConsumer.change, each pair on its side."""
+        return asyncio.ensure_future(self._change(dict(add or {}), set(drop)))
+
+    def prompt(self, tps: frozenset[TP]) -> asyncio.Future[None]:
+        """From now on these pairs (when read) are read by the prompt consumer, the rest in bulk."""
+        self._prompt = tps if self.prompt_consumer is not None else frozenset()
+        return asyncio.ensure_future(self._change({}, set()))
+
+    def _side(self, tp: TP) -> PartitionConsumer:
+        if tp in self._prompt and self.prompt_consumer is not None:
+            if not self.prompt_consumer.started:
+                self.prompt_consumer.start()
+            return self.prompt_consumer
+        return self.bulk
+
+    async def _change(self, add: dict[TP, int], drop: set[TP]) -> None:
+        waits: list[asyncio.Future[None]] = []
+        async with self._lock:
+            for side in (self.bulk, self.prompt_consumer):
+                gone = {tp for tp in drop if tp not in add and self._where.get(tp) is side}
+                if side is not None and gone:
+                    side.change(drop=gone)  # applied in order on that consumer's thread
+                    for tp in gone:
+                        del self._where[tp]
+            # pairs read on the wrong side (asked for again, or the prompt set changed): released
+            # there, then read on the right side from where they had got to
+            moving = {tp: c for tp, c in self._where.items() if c is not self._side(tp)}
+            starts: dict[TP, int] = {}
+            for side in {id(c): c for c in moving.values()}.values():
+                reached = await side.release([tp for tp, c in moving.items() if c is side])
+                starts.update(reached)
+            for tp in moving:
+                del self._where[tp]
+            for tp, offset in add.items():
+                starts[tp] = min(offset, starts.get(tp, offset))
+            by_side: dict[int, tuple[PartitionConsumer, dict[TP, int]]] = {}
+            for tp, offset in starts.items():
+                side = self._side(tp)
+                by_side.setdefault(id(side), (side, {}))[1][tp] = offset
+                self._where[tp] = side
+            waits = [side.change(add=pairs) for side, pairs in by_side.values()]
+        if waits:
+            await asyncio.gather(*waits)

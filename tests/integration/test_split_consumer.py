@@ -1,0 +1,104 @@
+"""A worker's two consumers on a real broker: pairs moved between bulk and prompt under a stream of
+records are handed on once each, in order, and read by the side the prompt set names."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+import uuid
+from typing import Any
+
+import pytest
+from confluent_kafka import Message, Producer
+from test_broker import create_topic
+
+from headrace.config.settings import Settings
+from headrace.engine.backbone.consumer import PartitionConsumer
+from headrace.engine.backbone.split_consumer import SplitConsumer
+from headrace.engine.kafka.config import consumer_config, dataplane_consumer_config, producer_config
+
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(90)]
+
+PARTITIONS = 4
+RECORDS_PER_PARTITION = 300
+
+
+def _produce_slowly(bootstrap: str, topic: str, stop: threading.Event) -> None:
+    """RECORDS_PER_PARTITION records per partition over about two seconds, values numbered per partition."""
+    producer = Producer(producer_config(Settings(kafka_bootstrap=bootstrap)))
+    for i in range(RECORDS_PER_PARTITION):
+        if stop.is_set():
+            break
+        for p in range(PARTITIONS):
+            producer.produce(topic, value=str(i).encode(), key=f"{p}.k.{i}".encode(), partition=p)
+        producer.poll(0)
+        time.sleep(0.006)
+    producer.flush(15)
+
+
+def _all_in(seen: dict[int, list[int]]) -> bool:
+    """Every record handed on (partition 3: again from the start, after its rewind)."""
+    if any(len(seen[p]) < RECORDS_PER_PARTITION for p in range(3)):
+        return False
+    zeros = [i for i, v in enumerate(seen[3]) if v == 0]
+    return len(zeros) >= 2 and len(seen[3]) - zeros[1] >= RECORDS_PER_PARTITION
+
+
+def test_pairs_moved_between_bulk_and_prompt_are_handed_on_once_in_order(kafka_bootstrap: str) -> None:
+    topic = f"split-{uuid.uuid4().hex[:8]}"
+    create_topic(kafka_bootstrap, topic, PARTITIONS)
+    settings = Settings(kafka_bootstrap=kafka_bootstrap)
+    seen: dict[int, list[int]] = {p: [] for p in range(PARTITIONS)}
+    sides: list[tuple[frozenset[Any], frozenset[Any]]] = []
+
+    def handed(msgs: list[Message]) -> None:
+        for msg in msgs:
+            if msg.error() is None:
+                seen[msg.partition() or 0].append(int(msg.value() or b"-1"))
+
+    async def run() -> None:
+        loop = asyncio.get_running_loop()
+        group = f"g-{topic}"
+        bulk = PartitionConsumer(dataplane_consumer_config(settings, group), loop, handed)
+        prompt = PartitionConsumer(consumer_config(settings, group), loop, handed)
+        split = SplitConsumer(bulk, prompt)
+        split.start()
+        try:
+            await split.change(add={(topic, p): 0 for p in range(PARTITIONS)})
+            assert not prompt.started, "the prompt consumer opens on first use"
+            stop = threading.Event()
+            writer = threading.Thread(target=_produce_slowly, args=(kafka_bootstrap, topic, stop))
+            writer.start()
+            try:
+                # move pairs back and forth while records keep coming
+                plans = [{0, 1}, {2}, set(), {0, 1, 2, 3}, {3}, {1, 3}]
+                for plan in plans:
+                    await asyncio.sleep(0.3)
+                    await split.prompt(frozenset((topic, p) for p in plan))
+                    sides.append((split.reading(prompt=True), split.reading(prompt=False)))
+                # a pair asked for again from an earlier offset is rewound on its side
+                await split.change(add={(topic, 3): 0})
+            finally:
+                await loop.run_in_executor(None, writer.join, 30)
+                stop.set()
+            deadline = loop.time() + 20
+            while loop.time() < deadline and not _all_in(seen):
+                await asyncio.sleep(0.1)
+            await split.change(drop=[(topic, p) for p in range(PARTITIONS)])
+            assert split.reading(prompt=True) == split.reading(prompt=False) == frozenset()
+        finally:
+            await loop.run_in_executor(None, split.stop)
+
+    asyncio.run(run())
+
+    expected = list(range(RECORDS_PER_PARTITION))
+    for p in range(3):
+        assert seen[p] == expected, f"partition {p}: handed on {len(seen[p])} records, not each once in order"
+    # partition 3 was rewound to 0 once: everything up to the rewind, then everything again
+    rewound_at = seen[3].index(0, 1)
+    assert seen[3][:rewound_at] == expected[:rewound_at]
+    assert seen[3][rewound_at:] == expected
+    for plan, (on_prompt, on_bulk) in zip([{0, 1}, {2}, set(), {0, 1, 2, 3}, {3}, {1, 3}], sides, strict=True):
+        assert on_prompt == {(topic, p) for p in plan}
+        assert on_bulk == {(topic, p) for p in range(PARTITIONS) if p not in plan}
