@@ -169,6 +169,8 @@ class DataNode:
         self._said: dict[str, Any] = {}  # the report last announced
         self._parsed: dict[str, t.TopicRef | None] = {}  # topic -> what it is, parsed once
         self._shared: frozenset[TP] = frozenset()  # partitions other workers' units read too
+        # pipeline -> (manifest, version, its graph or why it has none): compiled once per version
+        self._compiled: dict[str, tuple[str, int, PipelineGraph | str]] = {}
 
     def _loopback(
         self,
@@ -268,14 +270,24 @@ class DataNode:
             return  # applied when the clients open
         graphs: dict[str, tuple[PipelineGraph, str]] = {}
         errors: dict[str, str] = {}
+        compiled: dict[str, tuple[str, int, PipelineGraph | str]] = {}
         for name, route in table.pipelines.items():
-            try:
-                manifest = parse_pipelines(route.manifest)[0]
-                graphs[name] = (compile_pipeline(manifest, self.topics), str(route.version))
-            except HeadraceError as exc:
-                errors[name] = exc.message
-            except (yaml.YAMLError, IndexError) as exc:
-                errors[name] = f"unreadable manifest: {exc}"
+            known = self._compiled.get(name)
+            if known is not None and known[0] == route.manifest and known[1] == route.version:
+                graph: PipelineGraph | str = known[2]  # a rebalance changes units, not manifests
+            else:
+                try:
+                    graph = compile_pipeline(parse_pipelines(route.manifest)[0], self.topics)
+                except HeadraceError as exc:
+                    graph = exc.message
+                except (yaml.YAMLError, IndexError) as exc:
+                    graph = f"unreadable manifest: {exc}"
+            compiled[name] = (route.manifest, route.version, graph)
+            if isinstance(graph, str):
+                errors[name] = graph
+            else:
+                graphs[name] = (graph, str(route.version))
+        self._compiled = compiled
         self.dataflow.set_pipelines(graphs)
         self.errors = errors
         self._shared, prompt = self._elsewhere()

@@ -15,7 +15,14 @@ import time
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from confluent_kafka import Consumer, ConsumerGroupTopicPartitions, KafkaError, KafkaException, TopicPartition
+from confluent_kafka import (
+    OFFSET_END,
+    Consumer,
+    ConsumerGroupTopicPartitions,
+    KafkaError,
+    KafkaException,
+    TopicPartition,
+)
 from confluent_kafka.admin import AdminClient
 
 from headrace.engine.sharding import PIPELINE, Unit
@@ -88,14 +95,27 @@ class GroupOffsets:
         second), so a partition it does not know yet is asked of a fresh one."""
         out: dict[TP, int] = {}
         unknown: list[TopicPartition] = []
-        for topic, partition in sorted(set(tps)):
-            tp = TopicPartition(topic, partition)
+        wanted = sorted(set(tps))
+        if not wanted:
+            return out
+        try:
+            # one ListOffsets request per leader for all of them (timestamp -1: the end)
+            ends = self._watermarks.offsets_for_times(
+                [TopicPartition(t, p, OFFSET_END) for t, p in wanted], timeout=TIMEOUT_S
+            )
+        except KafkaException:
+            ends = [TopicPartition(t, p, OFFSET_END) for t, p in wanted]
+        for end in ends:
+            if end.error is None and end.offset >= 0:
+                out[(end.topic, end.partition)] = int(end.offset)
+                continue
+            tp = TopicPartition(end.topic, end.partition)
             try:
                 _, high = self._watermarks.get_watermark_offsets(tp, timeout=TIMEOUT_S, cached=False)
             except KafkaException:
                 unknown.append(tp)
                 continue
-            out[(topic, partition)] = int(high)
+            out[(end.topic, end.partition)] = int(high)
         if unknown:
             fresh = Consumer({**self._conf, "group.id": "headrace-watermarks"})
             try:

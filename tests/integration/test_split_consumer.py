@@ -22,6 +22,8 @@ pytestmark = [pytest.mark.integration, pytest.mark.timeout(90)]
 
 PARTITIONS = 4
 RECORDS_PER_PARTITION = 300
+# the partitions read promptly, one set after another, while records keep coming
+PLANS = [{0, 1}, {2}, set(), {0, 1, 2, 3}, {3}, {1, 3}]
 
 
 def _produce_slowly(bootstrap: str, topic: str, stop: threading.Event) -> None:
@@ -71,9 +73,7 @@ def test_pairs_moved_between_bulk_and_prompt_are_handed_on_once_in_order(kafka_b
             writer = threading.Thread(target=_produce_slowly, args=(kafka_bootstrap, topic, stop))
             writer.start()
             try:
-                # move pairs back and forth while records keep coming
-                plans = [{0, 1}, {2}, set(), {0, 1, 2, 3}, {3}, {1, 3}]
-                for plan in plans:
+                for plan in PLANS:
                     await asyncio.sleep(0.3)
                     await split.prompt(frozenset((topic, p) for p in plan))
                     sides.append((split.reading(prompt=True), split.reading(prompt=False)))
@@ -99,6 +99,6 @@ def test_pairs_moved_between_bulk_and_prompt_are_handed_on_once_in_order(kafka_b
     rewound_at = seen[3].index(0, 1)
     assert seen[3][:rewound_at] == expected[:rewound_at]
     assert seen[3][rewound_at:] == expected
-    for plan, (on_prompt, on_bulk) in zip([{0, 1}, {2}, set(), {0, 1, 2, 3}, {3}, {1, 3}], sides, strict=True):
+    for plan, (on_prompt, on_bulk) in zip(PLANS, sides, strict=True):
         assert on_prompt == {(topic, p) for p in plan}
         assert on_bulk == {(topic, p) for p in range(PARTITIONS) if p not in plan}
