@@ -21,6 +21,9 @@ from confluent_kafka import Consumer, KafkaException, Message, TopicPartition
 log = logging.getLogger("headrace.consumer")
 
 Handler = Callable[[list[Message]], None]
+
+#: How long an assignment waits for a new topic's metadata (it goes ahead without it past that).
+LEADERS_TIMEOUT_S = 2.0
 TP = tuple[str, int]
 
 
@@ -48,6 +51,7 @@ class PartitionConsumer:
         self._changes: list[_Change] = []
         self._assigned: set[TP] = set()  # consumer thread only
         self._next: dict[TP, int] = {}  # consumer thread only: the offset after the last record handed on
+        self._known: set[str] = set()  # consumer thread only: topics whose leaders it was told
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="kafka-consumer", daemon=True)
         self._consumer: Consumer | None = None
@@ -130,11 +134,25 @@ class PartitionConsumer:
                 self._next.pop(tp, None)
         new = {tp: o for tp, o in change.add.items() if tp not in self._assigned}
         if new:
+            self._learn_leaders(consumer, {t for t, _ in new})
             consumer.incremental_assign([TopicPartition(t, p, o) for (t, p), o in sorted(new.items())])
             self._assigned |= set(new)
             for tp, offset in new.items():
                 self._next[tp] = offset
         return reached
+
+    def _learn_leaders(self, consumer: Consumer, topics: set[str]) -> None:
+        """Ask for the metadata of topics this consumer has not read before: a partition assigned
+        while its leader is unknown waits for librdkafka's next metadata refresh (up to a second
+        seen at a rebalance), a partition whose leader is known is fetched at once."""
+        for topic in sorted(topics - self._known):
+            try:
+                meta = consumer.list_topics(topic, timeout=LEADERS_TIMEOUT_S).topics.get(topic)
+            except KafkaException as exc:
+                log.debug("metadata of %s: %s", topic, exc)
+                continue
+            if meta is not None and meta.error is None and meta.partitions:
+                self._known.add(topic)
 
 
 def _resolve(fut: asyncio.Future[Any], result: Any = None) -> None:
