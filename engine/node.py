@@ -1,7 +1,8 @@
-"""A worker's Kafka roles together: model gateway, dataflow and pipeline gateway over one consumer and
-its producers, for the units sharding gives this worker (engine/sharding.py, engine/ownership.py).
-Records for partitions its active units read are also handed over in memory (local hops, see
-backbone.loopback). Units come and go by drain-first handoff (engine/handover.py)."""
+"""A worker's Kafka roles together: model gateway, dataflow and pipeline gateway over its consumers
+(bulk and prompt, backbone.split_consumer) and producers, for the units sharding gives this worker
+(engine/sharding.py, engine/ownership.py). Records for partitions its active units read are also
+handed over in memory (local hops, see backbone.loopback). Units come and go by drain-first handoff
+(engine/handover.py)."""
 
 from __future__ import annotations
 
