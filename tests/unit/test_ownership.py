@@ -1,0 +1,40 @@
+"""Which records a held unit handles: Kafka copies by offset (start, replay, fence), in-memory ones only
+while active."""
+
+from __future__ import annotations
+
+import pytest
+
+from headrace.engine.ownership import ACTIVE, DRAINING, TAKING, Held
+from headrace.engine.sharding import PIPELINE, Unit
+
+pytestmark = pytest.mark.timeout(10)
+
+TP = ("seldon.default.model.echo.outputs", 3)
+
+
+def held(state: str) -> Held:
+    h = Held(Unit(PIPELINE, "demo", 3), "g", state=state)
+    h.reads = {TP: 10}
+    return h
+
+
+def test_only_an_active_unit_takes_records_handed_over_in_memory() -> None:
+    assert held(ACTIVE).takes_local()
+    assert not held(TAKING).takes_local()
+    # a draining unit's records come from Kafka, even before its fence is known: one written while
+    # the fence is being taken may land past it, and then it is the next owner's
+    assert not held(DRAINING).takes_local()
+
+
+def test_kafka_copies_are_taken_once_from_the_start_and_below_the_fence() -> None:
+    h = held(DRAINING)
+    h.replay = {(TP[0], TP[1], 7)}
+    h.fence = {TP: 12}
+    assert not h.takes(TP, 9)  # before where it starts
+    assert h.takes(TP, 7)  # ... unless its last owner asked for it again
+    assert not h.takes(TP, 7)  # once
+    assert h.takes(TP, 10) and h.takes(TP, 11)
+    assert not h.takes(TP, 10)  # seen
+    assert not h.takes(TP, 12)  # the next owner's
+    assert not h.takes(("other", 3), 10)
