@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import random
 import re
 import signal
 import socket
@@ -45,7 +46,34 @@ def broker_under_test() -> str:
 _LIBRDKAFKA_LINE = re.compile(r"^%\d\|\d+\.\d+\|")
 
 
+def _ephemeral_range() -> tuple[int, int]:
+    try:
+        low, high = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()
+        return int(low), int(high)
+    except (OSError, ValueError):
+        return 32768, 60999
+
+
+_PORTS = random.Random()
+_GIVEN: set[int] = set()  # never the same port twice in a session (they are not bound until used)
+
+
 def free_port() -> int:
+    """A free loopback port below the kernel's ephemeral range: a port the kernel hands out (bind to
+    0) can be taken meanwhile by any client's outgoing connection, which made an embedded broker's
+    listener fail with "Address already in use" (and every restart of it on the same port)."""
+    low, _ = _ephemeral_range()
+    for _ in range(200):
+        port = _PORTS.randrange(10000, max(10001, low))
+        if port in _GIVEN:
+            continue
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            _GIVEN.add(port)
+            return port
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
