@@ -110,6 +110,7 @@ class UnitKeeper:
             held.reads = dict(starts)
             held.replies = set(replies)
             held.replay = {(tp, p, o) for tp, p, o in route.replay if (tp, p) in grouped}
+            held.generation = route.generation
             self.holdings.reindex()
             begin = dict(ends)
             for tp, offset in starts.items():
@@ -172,7 +173,7 @@ class UnitKeeper:
     def start_drain(self, held: Held) -> None:
         if held.task is not None and not held.task.done():
             held.task.cancel()
-        if held.state == TAKING:  # it never served: nothing to hand over
+        if held.state == TAKING and not held.touched:  # it handled nothing: nothing to hand over
             self.holdings.remove(held.unit)
             self.unread_unused()
             return
@@ -207,11 +208,14 @@ class UnitKeeper:
             if held.parked and self._only_joins_left(held):
                 break  # only records waiting in joins are left: their next owner handles them
             await asyncio.sleep(DRAIN_POLL_S)
-        replay = sorted(held.parked)
+        # records waiting in joins here, and those its last owner listed that it has not reached
+        replay = sorted(held.parked | held.replay)
+        joins_left = bool(held.parked) and self._only_joins_left(held)
+        finished = held.caught_up(self.holdings.trackers) or joins_left
         if unit.kind == PIPELINE:
             self.dataflow.release(unit.name, partition)
         commit = dict(held.fence or {})
-        if not held.caught_up(self.holdings.trackers) and not replay:
+        if not finished:
             # out of time: hand over from what is finished (the next owner may repeat some records)
             commit = {tp: o for tp, o in tracker.positions().items() if tp in held.reads}
             log.warning("unit %s: handed over before it finished (%s)", unit, commit)
@@ -223,7 +227,9 @@ class UnitKeeper:
             tracker.forget(tp)
         self.holdings.remove(unit)
         self.released[str(unit)] = Handover(
-            starts=sorted((t, p, o) for (t, p), o in commit.items()), replay=replay
+            starts=sorted((t, p, o) for (t, p), o in commit.items()),
+            replay=replay,
+            generation=held.generation + 1,
         )
         log.info(
             "unit %s handed over in %.0f ms (%d records to handle again)",

@@ -619,7 +619,7 @@ class DataNode:
         (a unit handed over commits its fence itself)."""
         reading: dict[str, set[TP]] = {}
         for held in self.holdings:
-            if held.state != TAKING:
+            if held.state != TAKING or held.touched:
                 reading.setdefault(held.group, set()).update(held.reads)
         due: dict[str, dict[TP, int]] = {}
         for group, tracker in self.holdings.trackers.items():
@@ -657,7 +657,7 @@ class DataNode:
         due: dict[str, dict[TP, int]] = {}
         for held in self.holdings:
             tracker = self.holdings.trackers.get(held.group)
-            if tracker is not None and held.state != TAKING:
+            if tracker is not None and (held.state != TAKING or held.touched):
                 moved = {(tp, p): o for tp, p, o in tracker.to_commit() if (tp, p) in held.reads}
                 if moved:
                     due.setdefault(held.group, {}).update(moved)

@@ -38,6 +38,10 @@ class Held:
     replay: set[tuple[str, int, int]] = field(default_factory=set)  # records below reads to handle again
     parked: set[tuple[str, int, int]] = field(default_factory=set)  # records waiting in joins here
     task: asyncio.Task[None] | None = None  # taking or draining it
+    # it handled a record (while taking too: a partition another unit reads here delivers before the
+    # unit is active); from then on it is handed over, never just dropped
+    touched: bool = False
+    generation: int = 0  # of the handover it started from (its own handover's is one more)
 
     def takes(self, tp: TP, offset: int) -> bool:
         """Should this unit handle the record at ``offset`` of ``tp`` (Kafka's copy)? Advances reads."""
@@ -48,11 +52,13 @@ class Held:
             key = (tp[0], tp[1], offset)
             if key in self.replay:
                 self.replay.discard(key)
+                self.touched = True
                 return True
             return False
         if self.fence is not None and offset >= self.fence.get(tp, 0):
             return False
         self.reads[tp] = offset + 1
+        self.touched = True
         return True
 
     def takes_local(self) -> bool:
@@ -143,4 +149,6 @@ class Holdings:
         self.reindex()
 
     def report(self) -> dict[str, str]:
-        return {str(h.unit): h.state for h in self.units.values() if h.state in (ACTIVE, DRAINING)}
+        """Every held unit and its state: taking ones too, so that a unit moved again while it was
+        being taken waits for this worker to let it go (it may already be handling records)."""
+        return {str(h.unit): h.state for h in self.units.values()}

@@ -76,6 +76,7 @@ class UnitRoute(msgspec.Struct, frozen=True, kw_only=True):
     # left waiting in joins, which the owner handles again first; (topic, partition, offset) each
     starts: list[tuple[str, int, int]] = []
     replay: list[tuple[str, int, int]] = []
+    generation: int = 0  # of the handover these come from (see Handover)
 
 
 class Handover(msgspec.Struct, frozen=True, kw_only=True):
@@ -83,6 +84,9 @@ class Handover(msgspec.Struct, frozen=True, kw_only=True):
 
     starts: list[tuple[str, int, int]] = []
     replay: list[tuple[str, int, int]] = []
+    # one more than the handover its holder started from: of two handovers of one unit not yet
+    # taken up, the later one's records to handle again are the ones left (it handled the others)
+    generation: int = 0
 
 
 class WorkerAddr(msgspec.Struct, frozen=True, kw_only=True):

@@ -60,21 +60,26 @@ class UnitBook:
         """Each unit's route, given what live workers hold (worker -> unit -> state) and what they
         handed over (worker -> unit -> handover). A worker holding a unit it is not the target of is
         waited for; a unit held by nobody else goes to its owner, with where to start and the records
-        to handle again (of two handovers of one unit, the later offsets win)."""
+        to handle again. Of two handovers of one unit (it moved again before its owner took it up),
+        the later offsets win, and the records to handle again are the later handover's: its holder
+        handled the earlier one's, except those it lists again."""
         holders: dict[str, list[str]] = {}
         for worker, units in held.items():
             for unit in units:
                 holders.setdefault(unit, []).append(worker)
         starts: dict[str, dict[tuple[str, int], int]] = {}
-        replays: dict[str, set[tuple[str, int, int]]] = {}
+        replays: dict[str, tuple[int, set[tuple[str, int, int]]]] = {}
         for handed in (released or {}).values():
             for unit, handover in handed.items():
                 mine = starts.setdefault(unit, {})
                 for topic, partition, offset in handover.starts:
                     mine[(topic, partition)] = max(offset, mine.get((topic, partition), -1))
-                replays.setdefault(unit, set()).update(
-                    (str(a), int(b), int(c)) for a, b, c in handover.replay
-                )
+                records = {(str(a), int(b), int(c)) for a, b, c in handover.replay}
+                generation, known = replays.get(unit, (-1, set()))
+                if handover.generation > generation:
+                    replays[unit] = (handover.generation, records)
+                elif handover.generation == generation:
+                    known |= records
         out: dict[str, UnitRoute] = {}
         for target, owner in sorted(self.target.items()):
             key = str(target)
@@ -87,7 +92,8 @@ class UnitBook:
                 owner=owner,
                 waiting=waiting,
                 starts=sorted((t, p, o) for (t, p), o in starts[key].items()),
-                replay=sorted(replays.get(key, ())),
+                replay=sorted(replays[key][1]),
+                generation=replays[key][0],
             )
         return out
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from headrace.engine.ownership import ACTIVE, DRAINING, TAKING, Held
+from headrace.engine.ownership import ACTIVE, DRAINING, TAKING, Held, Holdings
 from headrace.engine.sharding import PIPELINE, Unit
 
 pytestmark = pytest.mark.timeout(10)
@@ -38,3 +38,23 @@ def test_kafka_copies_are_taken_once_from_the_start_and_below_the_fence() -> Non
     assert not h.takes(TP, 10)  # seen
     assert not h.takes(TP, 12)  # the next owner's
     assert not h.takes(("other", 3), 10)
+
+
+def test_a_unit_that_handled_a_record_while_taking_it_is_marked_for_a_handover() -> None:
+    h = held(TAKING)
+    assert not h.touched
+    assert not h.takes(TP, 9)
+    assert not h.touched  # skipping a record handles nothing
+    assert h.takes(TP, 10)
+    assert h.touched
+    replayed = held(TAKING)
+    replayed.replay = {(TP[0], TP[1], 4)}
+    assert replayed.takes(TP, 4) and replayed.touched
+
+
+def test_the_report_names_units_being_taken_too() -> None:
+    holdings = Holdings()
+    for partition, state in enumerate((TAKING, ACTIVE, DRAINING)):
+        holdings.add(Held(Unit(PIPELINE, "demo", partition), "g", state=state))
+    expected = {"pipeline:demo:0": TAKING, "pipeline:demo:1": ACTIVE, "pipeline:demo:2": DRAINING}
+    assert holdings.report() == expected

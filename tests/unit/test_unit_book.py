@@ -1,0 +1,57 @@
+"""The scheduler's book of units: a unit's owner waits for every other worker holding it (a taking one
+too), and starts from the latest handover of it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from headrace.engine.ownership import ACTIVE, TAKING, Held, Holdings
+from headrace.engine.scheduler.store import Store
+from headrace.engine.scheduler.units import UnitBook
+from headrace.engine.sharding import PIPELINE, ShardingConfig, Unit
+from headrace.gateway.control import Handover
+
+pytestmark = pytest.mark.timeout(10)
+
+TOPIC = "seldon.default.model.echo.outputs"
+
+
+@pytest.fixture
+def book(tmp_path: Path) -> UnitBook:
+    book = UnitBook(Store(tmp_path / "s.db"), ShardingConfig(partitions=2, multiplier=1))
+    assert book.replan(["w1"], ["demo"], [])
+    return book
+
+
+def test_a_worker_still_taking_a_unit_that_moved_is_waited_for(book: UnitBook) -> None:
+    unit = str(Unit(PIPELINE, "demo", 0))
+    assert book.target[Unit.parse(unit)] == "w1"
+    # w2 was given the unit before and is still taking it (it may be handling its records already)
+    holdings = Holdings()
+    holdings.add(Held(Unit.parse(unit), "g", state=TAKING))
+    route = book.routes({"w2": holdings.report()})[unit]
+    assert route.owner == "w1" and route.waiting == ["w2"] and not route.active
+    # once w2 lets it go, w1 takes it; once w1 serves it, the route says so
+    assert book.routes({"w2": {}})[unit].waiting == []
+    assert book.routes({"w1": {unit: ACTIVE}})[unit].active
+
+
+def test_the_latest_handover_says_where_to_start_and_what_to_handle_again(book: UnitBook) -> None:
+    unit = str(Unit(PIPELINE, "demo", 1))
+    # w3 took the unit from w2's handover (generation 1), handled the record at offset 4 that w2 had
+    # left in a join, and handed it over again before w1 (its owner now) took it up
+    first = Handover(starts=[(TOPIC, 1, 10)], replay=[(TOPIC, 1, 4), (TOPIC, 1, 6)], generation=1)
+    second = Handover(starts=[(TOPIC, 1, 17)], replay=[(TOPIC, 1, 6), (TOPIC, 1, 15)], generation=2)
+    either_order = ({"w2": {unit: first}, "w3": {unit: second}}, {"w3": {unit: second}, "w2": {unit: first}})
+    for released in either_order:
+        route = book.routes({}, released)[unit]
+        assert route.starts == [(TOPIC, 1, 17)]
+        assert route.replay == [(TOPIC, 1, 6), (TOPIC, 1, 15)]  # not 4: w3 handled it
+        assert route.generation == 2
+    # two handovers of the same generation (two workers let the unit go): both lists count
+    other = Handover(starts=[(TOPIC, 1, 12)], replay=[(TOPIC, 1, 11)], generation=1)
+    route = book.routes({}, {"w2": {unit: first}, "w4": {unit: other}})[unit]
+    assert route.starts == [(TOPIC, 1, 12)]
+    assert route.replay == [(TOPIC, 1, 4), (TOPIC, 1, 6), (TOPIC, 1, 11)]
