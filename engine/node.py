@@ -637,14 +637,15 @@ class DataNode:
 
     async def leave(self, timeout: float) -> None:
         """Hand every unit to other workers before stopping (when there are any): say so, then wait
-        until nothing is held — or the table still gives this worker its units (nobody can take them),
-        or the time is up."""
+        until nothing is held — or a table that knows this worker is leaving still gives it its units
+        (nobody can take them), or the time is up. (A newer table alone is not enough: one made for
+        another worker that is leaving too still gives this one its units.)"""
         self.leaving = True
         self._notify()
         deadline = self.loop.time() + timeout
-        seen = self.table.version
         while self.loop.time() < deadline and any(True for _ in self.holdings):
-            if self.table.version != seen and all(
+            heard = self.table.workers.get(self.me)
+            if heard is not None and heard.leaving and all(
                 self.table.units.get(str(h.unit), UnitRoute(owner="")).owner == self.me for h in self.holdings
             ):
                 break  # the scheduler has heard and gives the units to nobody else

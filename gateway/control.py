@@ -96,6 +96,7 @@ class WorkerAddr(msgspec.Struct, frozen=True, kw_only=True):
     instance: str
     unix: str = ""
     tcp: str = ""
+    leaving: bool = False  # set by the scheduler once it has heard that the worker is leaving
 
 
 class ShardingInfo(msgspec.Struct, frozen=True, kw_only=True):

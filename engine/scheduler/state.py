@@ -351,7 +351,11 @@ class SchedulerState:
         units = self.units.routes(
             {wid: w.held for wid, w in live.items()}, {wid: w.released for wid, w in live.items()}
         )
-        addrs = {wid: w.forward for wid, w in sorted(live.items()) if w.forward is not None}
+        addrs = {
+            wid: msgspec.structs.replace(w.forward, leaving=w.leaving)
+            for wid, w in sorted(live.items())
+            if w.forward is not None
+        }
         return units, addrs
 
     def sharding_status(self) -> st.ShardingStatus:

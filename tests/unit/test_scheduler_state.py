@@ -15,7 +15,7 @@ from headrace.engine.scheduler import state as state_mod
 from headrace.engine.scheduler import views as views_mod
 from headrace.engine.scheduler.state import SchedulerState
 from headrace.engine.scheduler.store import Store
-from headrace.gateway.control import LoadedModel, ServerReport, TensorSpec, WorkerReport
+from headrace.gateway.control import LoadedModel, ServerReport, TensorSpec, WorkerAddr, WorkerReport
 
 MiB = 2**20
 
@@ -332,3 +332,16 @@ def test_a_worker_that_never_returns_holds_control_only_until_the_ready_timeout(
         restored.load([manifest(repo)])
     clock.now += 60
     assert restored.load([manifest(repo)])[0].name == "echo"
+
+
+def test_the_table_says_when_the_scheduler_has_heard_a_worker_is_leaving(tmp_path: Path) -> None:
+    state = make_state(tmp_path)
+    addr = WorkerAddr(instance=state.instance, unix="/run/w0.sock")
+    state.report_worker(WorkerReport(index=0, pid=5, routes_version=0, forward=addr))
+    me = f"{state.instance}/0"
+    assert not state.routes().workers[me].leaving
+    version = state.routes().version
+    # a leaving worker waits for a table that knows it is leaving before it trusts that its units
+    # stay with it because nobody else can take them
+    state.report_worker(WorkerReport(index=0, pid=5, routes_version=version, forward=addr, leaving=True))
+    assert state.routes().workers[me].leaving and state.routes().version > version
