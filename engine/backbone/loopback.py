@@ -231,13 +231,16 @@ class LoopbackProducer:
         self.enabled = enabled
         self.offload = offload
         self.offloadable = offloadable
-        # the last write to each (topic, partition): a unit handed over waits for these before its
-        # fence is taken, so that everything this worker wrote is below it
-        self.last: dict[tuple[str, int], asyncio.Future[None]] = {}
+        # the last write to each (topic, partition) through each of the two producers: a unit handed
+        # over waits for these before its fence is taken, so that everything this worker wrote is
+        # below it. Per producer, because a partition's records change producer when it becomes
+        # shared (or stops being read here), and only one producer's writes are acknowledged in order:
+        # a record lingering in the hop producer lands after a later one sent through the other
+        self.last: dict[tuple[str, int, bool], asyncio.Future[None]] = {}
 
     def pending(self, partition: int) -> list[asyncio.Future[None]]:
         """This writer's unacknowledged last writes to any topic's ``partition``."""
-        return [f for (_, p), f in self.last.items() if p == partition and not f.done()]
+        return [f for (_, p, _), f in self.last.items() if p == partition and not f.done()]
 
     def produce(
         self, topic: str, partition: int, key: bytes, value: bytes, headers: HeaderSeq
@@ -247,10 +250,9 @@ class LoopbackProducer:
         # (no record handed on carries an upstream shm reference: records handed over in memory have
         # their payload, and a consumed one with a reference is resolved without it, ResolvedRecord)
         if not self.enabled or not self.is_local(topic, partition):
-            written = (self.remote if self.enabled else self.producer).produce(
-                topic, partition, key, value, headers
-            )
-            self.last[(topic, partition)] = written
+            through = self.remote if self.enabled else self.producer
+            written = through.produce(topic, partition, key, value, headers)
+            self.last[(topic, partition, through is self.producer)] = written
             return written
         parked = None
         shared = self.shared is not None and self.shared(topic, partition)
@@ -264,14 +266,12 @@ class LoopbackProducer:
         seq, stamp = self.ledger.stamp(parked[1] if parked else None)
         stamped: list[tuple[str, Any]] = [(HOP_HEADER, stamp), *headers]
         if parked is None:
-            written = (self.remote if shared else self.producer).produce(
-                topic, partition, key, value, stamped
-            )
+            through = self.remote if shared else self.producer
+            written = through.produce(topic, partition, key, value, stamped)
         else:  # the broker's copy carries a reference to the payload parked in shared memory
-            written = self.producer.produce(
-                topic, partition, key, b"", [*stamped, (OFFLOAD_HEADER, parked[0])]
-            )
-        self.last[(topic, partition)] = written
+            through = self.producer
+            written = through.produce(topic, partition, key, b"", [*stamped, (OFFLOAD_HEADER, parked[0])])
+        self.last[(topic, partition, through is self.producer)] = written
         record = LocalRecord(topic, partition, key, value, stamped, seq, written)
         if written.done() and (written.cancelled() or written.exception() is not None):
             self.ledger.lost(seq)

@@ -202,3 +202,31 @@ def test_a_record_another_worker_reads_too_is_handed_over_and_sent_without_linge
         assert ledger.own(prompt.sent[0][2]) == delivered[1].seq
 
     asyncio.run(run())
+
+
+def test_a_handover_waits_for_a_lingering_write_when_a_later_one_went_through_the_other_producer() -> None:
+    async def run() -> None:
+        loop = asyncio.get_running_loop()
+        lingering, prompt, ledger = FakeProducer(loop), FakeProducer(loop), HopLedger()
+        shared = {"yes": False}
+        writer = LoopbackProducer(
+            lingering,  # type: ignore[arg-type]
+            ledger,
+            lambda topic, partition: True,
+            lambda record: None,
+            loop,
+            remote=prompt,  # type: ignore[arg-type]
+            shared=lambda topic, partition: shared["yes"],
+        )
+        first = writer.produce("mine", 3, b"k1", b"v", [])  # lingers in the hop producer
+        shared["yes"] = True  # the routing table changed: another worker reads partition 3 too now
+        second = writer.produce("mine", 3, b"k2", b"v", [])
+        assert [s[0] for s in lingering.sent] == ["mine"] and [s[0] for s in prompt.sent] == ["mine"]
+        second.set_result(None)  # the prompt producer's write is acknowledged first
+        # the first record may still land past a fence taken now: the unit's drain must wait for it
+        assert writer.pending(3) == [first]
+        assert writer.pending(2) == []
+        first.set_result(None)
+        assert writer.pending(3) == []
+
+    asyncio.run(run())
