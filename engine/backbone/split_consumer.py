@@ -59,17 +59,18 @@ class SplitConsumer:
 
     def _side(self, tp: TP) -> PartitionConsumer:
         if tp in self._prompt and self.prompt_consumer is not None:
-            if not self.prompt_consumer.started:
-                self.prompt_consumer.start()
             return self.prompt_consumer
         return self.bulk
+
+    def _sides(self) -> list[PartitionConsumer]:
+        return [self.bulk] if self.prompt_consumer is None else [self.bulk, self.prompt_consumer]
 
     async def _change(self, add: dict[TP, int], drop: set[TP]) -> None:
         waits: list[asyncio.Future[None]] = []
         async with self._lock:
-            for side in (self.bulk, self.prompt_consumer):
+            for side in self._sides():
                 gone = {tp for tp in drop if tp not in add and self._where.get(tp) is side}
-                if side is not None and gone:
+                if gone:
                     side.change(drop=gone)  # applied in order on that consumer's thread
                     for tp in gone:
                         del self._where[tp]
@@ -77,18 +78,21 @@ class SplitConsumer:
             # there, then read on the right side from where they had got to
             moving = {tp: c for tp, c in self._where.items() if c is not self._side(tp)}
             starts: dict[TP, int] = {}
-            for side in {id(c): c for c in moving.values()}.values():
-                reached = await side.release([tp for tp, c in moving.items() if c is side])
-                starts.update(reached)
+            for side in self._sides():
+                leaving = [tp for tp, c in moving.items() if c is side]
+                if leaving:
+                    starts.update(await side.release(leaving))
             for tp in moving:
                 del self._where[tp]
             for tp, offset in add.items():
                 starts[tp] = min(offset, starts.get(tp, offset))
-            by_side: dict[int, tuple[PartitionConsumer, dict[TP, int]]] = {}
-            for tp, offset in starts.items():
-                side = self._side(tp)
-                by_side.setdefault(id(side), (side, {}))[1][tp] = offset
-                self._where[tp] = side
-            waits = [side.change(add=pairs) for side, pairs in by_side.values()]
+            for side in self._sides():
+                pairs = {tp: offset for tp, offset in starts.items() if self._side(tp) is side}
+                if not pairs:
+                    continue
+                if side is not self.bulk and not side.started:
+                    side.start()  # the prompt consumer opens on its first pairs
+                self._where.update(dict.fromkeys(pairs, side))
+                waits.append(side.change(add=pairs))
         if waits:
             await asyncio.gather(*waits)
