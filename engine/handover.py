@@ -197,7 +197,7 @@ class UnitKeeper:
             await self._admin_call(self._flush_producers)
             await asyncio.wait(pending, timeout=max(0.0, deadline - self.loop.time()))
         try:
-            held.fence = await self._admin_call(self.groups.latest, list(held.reads))
+            held.fence_at(await self._admin_call(self.groups.latest, list(held.reads)))
         except GroupError as exc:
             log.warning("unit %s: no fence (%s); handing over from its last commit", unit, exc)
             held.fence = dict(held.reads)

@@ -645,8 +645,13 @@ class DataNode:
         deadline = self.loop.time() + timeout
         while self.loop.time() < deadline and any(True for _ in self.holdings):
             heard = self.table.workers.get(self.me)
-            if heard is not None and heard.leaving and all(
-                self.table.units.get(str(h.unit), UnitRoute(owner="")).owner == self.me for h in self.holdings
+            if (
+                heard is not None
+                and heard.leaving
+                and all(
+                    self.table.units.get(str(h.unit), UnitRoute(owner="")).owner == self.me
+                    for h in self.holdings
+                )
             ):
                 break  # the scheduler has heard and gives the units to nobody else
             await asyncio.sleep(0.02)

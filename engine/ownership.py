@@ -61,6 +61,12 @@ class Held:
         self.touched = True
         return True
 
+    def fence_at(self, ends: dict[TP, int]) -> None:
+        """Draining: the partitions' ends, as the broker gave them, become the fence, raised past every
+        record handled here (one that landed just after the broker answered may have been handled
+        before the answer came back; its next owner must not handle it again)."""
+        self.fence = {tp: max(end, self.reads.get(tp, end)) for tp, end in ends.items()}
+
     def takes_local(self) -> bool:
         """Should this unit handle a record handed over in memory (offset not known yet)?"""
         return self.state == ACTIVE

@@ -58,3 +58,14 @@ def test_the_report_names_units_being_taken_too() -> None:
         holdings.add(Held(Unit(PIPELINE, "demo", partition), "g", state=state))
     expected = {"pipeline:demo:0": TAKING, "pipeline:demo:1": ACTIVE, "pipeline:demo:2": DRAINING}
     assert holdings.report() == expected
+
+
+def test_the_fence_is_past_every_record_handled_while_it_was_being_taken() -> None:
+    h = held(DRAINING)
+    assert h.takes(TP, 10)
+    # the broker said the end was 11, then record 11 landed and was handled here before that answer
+    # arrived: its next owner starts after it
+    assert h.takes(TP, 11)
+    h.fence_at({TP: 11, ("other", 3): 5})
+    assert h.fence == {TP: 12, ("other", 3): 5}
+    assert not h.takes(TP, 12)
