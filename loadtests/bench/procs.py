@@ -191,9 +191,11 @@ def wait_log_line(server: Server, text: str, timeout: float = 60.0) -> None:
     raise SetupError(f"{server.name} not ready after {timeout:.0f} s: {server.log_tail(3)}")
 
 
-def post(url: str, body: bytes, headers: Mapping[str, str], timeout: float = 30.0) -> tuple[int, bytes]:
-    """One POST for a sanity check before load: (status, body)."""
-    req = urllib.request.Request(url, data=body, headers=dict(headers), method="POST")
+def post(
+    url: str, body: bytes, headers: Mapping[str, str], timeout: float = 30.0, method: str = "POST"
+) -> tuple[int, bytes]:
+    """One request (a POST unless told) for a sanity check before load or a change: (status, body)."""
+    req = urllib.request.Request(url, data=body, headers=dict(headers), method=method)
     try:
         with urllib.request.urlopen(req, timeout=timeout) as resp:
             return int(resp.status), resp.read()
