@@ -145,10 +145,6 @@ def run_service(settings: Settings) -> int:
     cleanup_orphaned_shm()
     me = os.getpid()
     metrics_dir = prepare_metrics(settings)
-    # Workers are forked from here: with their modules imported once, a worker added or restarted
-    # under load starts without ~130 ms of imports on a busy core (nothing they import starts a
-    # thread but numpy's BLAS pool, which is fork-safe; no gRPC or Kafka object exists here).
-    import headrace.worker  # noqa: F401
     from headrace.gateway.telemetry.metrics import PROCESS_RESTARTS
 
     def on_exit(child: Child, pid: int) -> None:
