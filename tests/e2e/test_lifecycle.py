@@ -226,6 +226,10 @@ def test_a_worker_waiting_for_its_first_routing_table_never_answers_404(served_f
 
 def test_scheduler_down_workers_keep_serving(served_fresh: Serve) -> None:
     s = served_fresh
+    # ModelReady: every worker has the table that routes them (a model ready on the worker that
+    # answered the readiness probe may not be yet on the other one, which would wait for the table)
+    for model in ("echo", "sum"):
+        cli(s, "model", "status", model, "-w", "ModelReady", "--timeout", "30")
     sched = children(s)["scheduler"]
     os.kill(sched, signal.SIGSTOP)  # frozen: neither answering nor restarted
     try:
