@@ -101,8 +101,9 @@ class PipelineViews:
             gateway = status.condition(st.MODEL_GW)
             if status.state != st.AVAILABLE:
                 models.append((step.name, f"{status.state}: {status.reason}".rstrip(": ")))
-            elif gateway is not None and gateway.status != "True":
-                # in a pipeline a model is ready once the model gateway serves its topics too (Seldon)
+            elif gateway is not None and gateway.status != "True" and not self.views.gateway_serving(model):
+                # in a pipeline a model is ready once the model gateway serves its topics too
+                # (Seldon); a unit of its slot being handed over still counts: calls do not wait
                 models.append((step.name, f"model gateway {gateway.message}"))
         ready_topics = self.topics_view.ready
         names = pipeline_topics(p.manifest, self.topics)

@@ -16,6 +16,7 @@ from headrace.engine.scheduler.records import (
     is_placed,
     placed_replicas,
 )
+from headrace.engine.scheduler.units import ACTIVE, DRAINING
 from headrace.engine.sharding import MODEL_GATEWAY, slot_of
 from headrace.gateway.control import LoadedModel, ModelRoute, ReplicaAddr
 
@@ -161,6 +162,23 @@ class Views:
         return st.Condition(
             type=st.MODEL_GW, status=str(ok), reason="ModelGwReady" if ok else "", message=message
         )
+
+    def gateway_serving(self, model: Model) -> bool:
+        """Is every unit of the model's slot served or being handed over: active or draining on a live
+        worker, or released by one to a next owner that is not serving it yet (the release is kept
+        until it is)? What a pipeline's route needs: a handover moves a unit without stopping its
+        records, so calls need not wait for it (ModelGw says True only once every owner is active)."""
+        if self.units is None or model.terminating:
+            return False
+        slot = str(slot_of(model.name, self.units.config.max_consumers))
+        owners = self.units.units_of(MODEL_GATEWAY, slot)
+        now = self._clock()
+        live = [w for w in self.workers.values() if now - w.last_seen < STALE_S]
+        for partition in owners:
+            key = f"{MODEL_GATEWAY}:{slot}:{partition}"
+            if not any(w.held.get(key) in (ACTIVE, DRAINING) or key in w.released for w in live):
+                return False
+        return bool(owners)
 
     def _model_state(self, model: Model) -> tuple[list[st.ReplicaPlacement], str, str]:
         placement: list[st.ReplicaPlacement] = []

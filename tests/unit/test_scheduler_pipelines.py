@@ -15,8 +15,9 @@ from headrace.engine.scheduler import status as st
 from headrace.engine.scheduler.pipelines import parse_pipeline_docs
 from headrace.engine.scheduler.state import SchedulerState
 from headrace.engine.scheduler.store import Store
+from headrace.engine.sharding import slot_of
 from headrace.engine.topics import Topics
-from headrace.gateway.control import LoadedModel, ServerReport, WorkerReport
+from headrace.gateway.control import Handover, LoadedModel, ServerReport, WorkerReport
 
 MiB = 2**20
 T = Topics()
@@ -349,3 +350,53 @@ def test_wait_topic_plan_wakes_on_change(tmp_path: Path, clock: Clock) -> None:
         timer.join()
     state.close()
     assert state.wait_topic_plan(state.topic_plan().version, 5) is state.topic_plan()
+
+
+def test_a_pipeline_stays_routable_while_a_model_gateway_unit_is_handed_over(
+    tmp_path: Path, repo: Path, clock: Clock
+) -> None:
+    state = make_state(tmp_path, clock)
+    load(state, pipeline_yaml())
+    state.load([model(repo, "a"), model(repo, "b")])
+    models_loaded(state, "a", "b")
+    all_topics_exist(state)
+    for index in (0, 1, 0, 1):
+        worker(state, index, p=1)
+    assert state.routes().pipelines["p"].ready
+    before = {u: r.owner for u, r in state.routes().units.items()}
+    worker(state, 2)  # a third worker joins: some units move to it
+    moved = [u for u, r in state.routes().units.items() if r.owner == "local/2" and u.startswith("modelgw:")]
+    assert moved
+    old = {before[u] for u in moved}
+
+    def report(index: int, held: dict[str, str], released: dict[str, Handover]) -> None:
+        state.report_worker(
+            WorkerReport(
+                index=index, pid=100 + index, routes_version=state.routes().version,
+                pipelines={"p": 1}, held=held, released=released,
+            )
+        )  # fmt: skip
+
+    for owner in old:  # its old owners drain the moved units ...
+        index = int(owner.rsplit("/", 1)[1])
+        held = {u: ("draining" if u in moved else s) for u, s in state.workers[owner].held.items()}
+        report(index, held, {})
+    # the model gateway is not on every owner yet, but every unit is served: calls need not wait
+    assert conditions_of_model(state, moved[0]) != "True"
+    assert state.routes().pipelines["p"].ready
+    for owner in old:  # ... and release them; the new owner has not taken them up yet
+        index = int(owner.rsplit("/", 1)[1])
+        held = {u: s for u, s in state.workers[owner].held.items() if u not in moved}
+        report(index, held, {u: Handover(starts=[]) for u in moved if before[u] == owner})
+    assert state.routes().pipelines["p"].ready
+    for owner in old:  # a unit nobody holds or hands over is not served: the pipeline waits
+        index = int(owner.rsplit("/", 1)[1])
+        report(index, dict(state.workers[owner].held), {})
+    assert not state.routes().pipelines["p"].ready
+
+
+def conditions_of_model(state: SchedulerState, unit: str) -> str:
+    slot = int(unit.split(":")[1])
+    [name] = [m for m in ("a", "b") if slot_of(m, 100) == slot]
+    status = state.model_status(name)
+    return {c.type: c.status for c in status.conditions}["ModelGw"]
