@@ -50,7 +50,7 @@ from headrace.engine.kafka.config import (
     producer_config,
 )
 from headrace.engine.kafka.ready import BrokerNotReady, wait_ready
-from headrace.engine.ownership import ACTIVE, DRAINING, TAKING, TP, Held, Holdings
+from headrace.engine.ownership import ACTIVE, DRAINING, TP, Held, Holdings
 from headrace.engine.sharding import MODEL_GATEWAY, PIPELINE, Unit, slot_of
 from headrace.gateway.control import RoutingTable, UnitRoute
 from headrace.gateway.dataplane import DataPlane
@@ -619,7 +619,7 @@ class DataNode:
         (a unit handed over commits its fence itself)."""
         reading: dict[str, set[TP]] = {}
         for held in self.holdings:
-            if held.state != TAKING or held.touched:
+            if held.committed:
                 reading.setdefault(held.group, set()).update(held.reads)
         due: dict[str, dict[TP, int]] = {}
         for group, tracker in self.holdings.trackers.items():
@@ -663,7 +663,7 @@ class DataNode:
         due: dict[str, dict[TP, int]] = {}
         for held in self.holdings:
             tracker = self.holdings.trackers.get(held.group)
-            if tracker is not None and (held.state != TAKING or held.touched):
+            if tracker is not None and held.committed:
                 moved = {(tp, p): o for tp, p, o in tracker.to_commit() if (tp, p) in held.reads}
                 if moved:
                     due.setdefault(held.group, {}).update(moved)

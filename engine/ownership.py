@@ -61,6 +61,11 @@ class Held:
         self.touched = True
         return True
 
+    @property
+    def committed(self) -> bool:
+        """Is its progress committed: past taking, or it handled records while being taken."""
+        return self.state != TAKING or self.touched
+
     def fence_at(self, ends: dict[TP, int]) -> None:
         """Draining: the partitions' ends, as the broker gave them, become the fence, raised past every
         record handled here (one that landed just after the broker answered may have been handled

@@ -143,22 +143,30 @@ class Views:
             updated_at=model.updated_at,
         )
 
+    def _slot_units(self, model: Model) -> dict[str, str]:
+        """The units of the model's model-gateway slot (as text) -> their target owners."""
+        if self.units is None or model.terminating:
+            return {}
+        slot = str(slot_of(model.name, self.units.config.max_consumers))
+        owners = self.units.units_of(MODEL_GATEWAY, slot)
+        return {f"{MODEL_GATEWAY}:{slot}:{partition}": owner for partition, owner in owners.items()}
+
+    def _live(self) -> list[Worker]:
+        now = self._clock()
+        return [w for w in self.workers.values() if now - w.last_seen < STALE_S]
+
     def _gateway_condition(self, model: Model) -> st.Condition:
         """ModelGw: the model gateway serves the model's topics on every partition (its slot's units
         held by their owners). Not needed for direct calls; pipelines and the async path use it."""
         if self.units is None or model.terminating:
             return st.Condition(type=st.MODEL_GW, status="False", reason="", message="")
-        slot = str(slot_of(model.name, self.units.config.max_consumers))
-        owners = self.units.units_of(MODEL_GATEWAY, slot)
-        now = self._clock()
-        ready = 0
-        for partition, owner in owners.items():
-            worker = self.workers.get(owner)
-            key = f"{MODEL_GATEWAY}:{slot}:{partition}"
-            if worker is not None and now - worker.last_seen < STALE_S and worker.held.get(key) == "active":
-                ready += 1
-        ok = bool(owners) and ready == len(owners)
-        message = f"{ready}/{len(owners)} ready" if owners else "no workers yet"
+        units = self._slot_units(model)
+        live = {w.id: w for w in self._live()}
+        ready = sum(
+            1 for key, owner in units.items() if owner in live and live[owner].held.get(key) == ACTIVE
+        )
+        ok = bool(units) and ready == len(units)
+        message = f"{ready}/{len(units)} ready" if units else "no workers yet"
         return st.Condition(
             type=st.MODEL_GW, status=str(ok), reason="ModelGwReady" if ok else "", message=message
         )
@@ -168,17 +176,11 @@ class Views:
         worker, or released by one to a next owner that is not serving it yet (the release is kept
         until it is)? What a pipeline's route needs: a handover moves a unit without stopping its
         records, so calls need not wait for it (ModelGw says True only once every owner is active)."""
-        if self.units is None or model.terminating:
-            return False
-        slot = str(slot_of(model.name, self.units.config.max_consumers))
-        owners = self.units.units_of(MODEL_GATEWAY, slot)
-        now = self._clock()
-        live = [w for w in self.workers.values() if now - w.last_seen < STALE_S]
-        for partition in owners:
-            key = f"{MODEL_GATEWAY}:{slot}:{partition}"
-            if not any(w.held.get(key) in (ACTIVE, DRAINING) or key in w.released for w in live):
-                return False
-        return bool(owners)
+        units = self._slot_units(model)
+        live = self._live()
+        return bool(units) and all(
+            any(w.held.get(key) in (ACTIVE, DRAINING) or key in w.released for w in live) for key in units
+        )
 
     def _model_state(self, model: Model) -> tuple[list[st.ReplicaPlacement], str, str]:
         placement: list[st.ReplicaPlacement] = []
