@@ -349,7 +349,9 @@ class SchedulerState:
             if self.units.replan(self.placement_workers(now), pipelines, slots):
                 log.info("units placed: %d units on %d workers", len(self.units.target), len(live))
         units = self.units.routes(
-            {wid: w.held for wid, w in live.items()}, {wid: w.released for wid, w in live.items()}
+            {wid: w.held for wid, w in live.items()},
+            {wid: w.released for wid, w in live.items()},
+            frozenset(wid for wid, w in live.items() if w.leaving),
         )
         addrs = {
             wid: msgspec.structs.replace(w.forward, leaving=w.leaving)
@@ -370,7 +372,7 @@ class SchedulerState:
             pipelines = [n for n, p in self.pipelines.items() if not p.terminating]
             models = [n for n, m in self.models.items() if not m.terminating]
             routes = self._routes.units
-            moving = sum(1 for r in routes.values() if r.waiting)
+            moving = sum(1 for r in routes.values() if r.waiting) + self.units.deferred
             replicas = len(self.placement_workers(now))
             shards = min(config.shards, max(1, replicas))
             used = {

@@ -4,6 +4,11 @@ The target placement comes from ``engine.sharding.place`` (sticky to the one in 
 SQLite so a restarted scheduler moves nothing). A unit's route names its target owner and the
 workers that still hold it: the owner takes the unit only once they have drained and released it
 (drain-first handoff), so no record is handled by two workers at once.
+
+Moves go a half of the partitions at a time (``phase``): a unit to move away from the worker serving
+it waits while half the partitions have units in motion, so every pipeline keeps partitions whose
+whole path (its own unit and its steps' model-gateway units) is served where it is, and the pipeline
+gateways write new calls there (``engine/node.py``) instead of into a handover.
 """
 
 from __future__ import annotations
@@ -32,6 +37,9 @@ class UnitBook:
             except ValueError:
                 log.warning("stored unit %r cannot be read, dropping it", text)
         self.moves = 0  # units whose target owner changed since start (for status and benchmarks)
+        # partitions whose units may move now (at most half of them, see the module's docstring)
+        self.phase: set[int] = set()
+        self.deferred = 0  # units waiting for their partition's turn to move (for status)
 
     def replan(self, workers: Iterable[str], pipelines: Iterable[str], slots: Iterable[int]) -> bool:
         """Place every unit of these pipelines and model-gateway slots on these workers (sticky to the
@@ -56,17 +64,21 @@ class UnitBook:
         self,
         held: Mapping[str, Mapping[str, str]],
         released: Mapping[str, Mapping[str, Handover]] | None = None,
+        leaving: frozenset[str] = frozenset(),
     ) -> dict[str, UnitRoute]:
         """Each unit's route, given what live workers hold (worker -> unit -> state) and what they
         handed over (worker -> unit -> handover). A worker holding a unit it is not the target of is
         waited for; a unit held by nobody else goes to its owner, with where to start and the records
         to handle again. Of two handovers of one unit (it moved again before its owner took it up),
         the later offsets win, and the records to handle again are the later handover's: its holder
-        handled the earlier one's, except those it lists again."""
+        handled the earlier one's, except those it lists again. A unit whose partition's turn to move
+        has not come stays with the worker serving it (``_deferred``); a leaving worker's units move at
+        once."""
         holders: dict[str, list[str]] = {}
         for worker, units in held.items():
             for unit in units:
                 holders.setdefault(unit, []).append(worker)
+        deferred = self._deferred(holders, held, released or {}, leaving)
         starts: dict[str, dict[tuple[str, int], int]] = {}
         replays: dict[str, tuple[int, set[tuple[str, int, int]]]] = {}
         for handed in (released or {}).values():
@@ -83,6 +95,9 @@ class UnitBook:
         out: dict[str, UnitRoute] = {}
         for target, owner in sorted(self.target.items()):
             key = str(target)
+            if key in deferred:
+                out[key] = UnitRoute(owner=deferred[key], active=True)
+                continue
             waiting = sorted(w for w in holders.get(key, ()) if w != owner)
             active = held.get(owner, {}).get(key) == ACTIVE and not waiting
             if active or key not in starts:
@@ -95,6 +110,52 @@ class UnitBook:
                 replay=sorted(replays[key][1]),
                 generation=replays[key][0],
             )
+        return out
+
+    def _deferred(
+        self,
+        holders: Mapping[str, list[str]],
+        held: Mapping[str, Mapping[str, str]],
+        released: Mapping[str, Mapping[str, Handover]],
+        leaving: frozenset[str],
+    ) -> dict[str, str]:
+        """Units that stay, for now, with the one worker serving them (unit -> that worker).
+
+        A partition is in motion while a unit of it is draining, released and not yet served by its
+        owner, or taken by its owner while another worker still holds it; such moves go on. A unit
+        served by one worker (not leaving) that is not its owner is movable: it moves when its
+        partition is in ``phase``, which keeps the partitions in motion and is topped up with movable
+        ones, lowest first, while fewer than half the partitions are in it."""
+        handed = {unit for units in released.values() for unit in units}
+        movable: dict[str, tuple[int, str]] = {}
+        moving: set[int] = set()
+        for unit, owner in self.target.items():
+            key = str(unit)
+            others = [w for w in holders.get(key, ()) if w != owner]
+            if not others:
+                if key in handed and held.get(owner, {}).get(key) != ACTIVE:
+                    moving.add(unit.partition)
+                continue
+            holder = others[0]
+            if (
+                len(others) == 1
+                and owner not in holders.get(key, ())
+                and key not in handed
+                and holder not in leaving
+                and held[holder][key] == ACTIVE
+            ):
+                movable[key] = (unit.partition, holder)
+            else:
+                moving.add(unit.partition)
+        waiting = {p for p, _ in movable.values()}
+        self.phase = (self.phase & (waiting | moving)) | moving
+        cap = max(1, self.config.partitions // 2)
+        for partition in sorted(waiting - self.phase):
+            if len(self.phase) >= cap:
+                break
+            self.phase.add(partition)
+        out = {key: holder for key, (p, holder) in movable.items() if p not in self.phase}
+        self.deferred = len(out)
         return out
 
     def units_of(self, kind: str, name: str) -> dict[int, str]:

@@ -55,3 +55,56 @@ def test_the_latest_handover_says_where_to_start_and_what_to_handle_again(book: 
     route = book.routes({}, {"w2": {unit: first}, "w4": {unit: other}})[unit]
     assert route.starts == [(TOPIC, 1, 12)]
     assert route.replay == [(TOPIC, 1, 4), (TOPIC, 1, 6), (TOPIC, 1, 11)]
+
+
+def _all_on(partitions: range, state: str = ACTIVE) -> dict[str, str]:
+    return {str(Unit(PIPELINE, "demo", p)): state for p in partitions}
+
+
+def test_half_the_partitions_move_at_a_time_so_the_rest_keep_serving(tmp_path: Path) -> None:
+    book = UnitBook(Store(tmp_path / "s.db"), ShardingConfig(partitions=8, multiplier=1))
+    assert book.replan(["w1"], ["demo"], [])
+    held = {"w1": _all_on(range(8))}
+    assert book.replan(["w2"], ["demo"], [])  # every unit's target is now w2
+    routes = book.routes(held)
+    moving = sorted(p for p in range(8) if routes[str(Unit(PIPELINE, "demo", p))].owner == "w2")
+    assert moving == [0, 1, 2, 3]
+    for p in range(4):  # the first half: w2 waits for w1 to drain them
+        assert routes[str(Unit(PIPELINE, "demo", p))].waiting == ["w1"]
+    for p in range(4, 8):  # the rest stay with w1 and say it serves them
+        route = routes[str(Unit(PIPELINE, "demo", p))]
+        assert route.owner == "w1" and route.active and route.waiting == []
+    assert book.deferred == 4
+    # w1 drains the first half: still in motion, nothing more starts
+    held = {"w1": {**_all_on(range(4), "draining"), **_all_on(range(4, 8))}}
+    routes = book.routes(held)
+    assert [routes[str(Unit(PIPELINE, "demo", p))].owner for p in range(8)] == ["w2"] * 4 + ["w1"] * 4
+    # released, and w2 serves them: the second half moves
+    held = {"w1": _all_on(range(4, 8)), "w2": _all_on(range(4))}
+    routes = book.routes(held)
+    for p in range(4, 8):
+        route = routes[str(Unit(PIPELINE, "demo", p))]
+        assert route.owner == "w2" and route.waiting == ["w1"]
+    assert book.deferred == 0
+
+
+def test_a_leaving_workers_units_all_move_at_once(tmp_path: Path) -> None:
+    book = UnitBook(Store(tmp_path / "s.db"), ShardingConfig(partitions=8, multiplier=1))
+    assert book.replan(["w1"], ["demo"], [])
+    assert book.replan(["w2"], ["demo"], [])
+    routes = book.routes({"w1": _all_on(range(8))}, leaving=frozenset({"w1"}))
+    assert all(routes[str(Unit(PIPELINE, "demo", p))].owner == "w2" for p in range(8))
+    assert book.deferred == 0
+
+
+def test_a_move_under_way_goes_on_whatever_its_partition(tmp_path: Path) -> None:
+    book = UnitBook(Store(tmp_path / "s.db"), ShardingConfig(partitions=8, multiplier=1))
+    assert book.replan(["w1"], ["demo"], [])
+    assert book.replan(["w2"], ["demo"], [])
+    # a scheduler restarted in the middle: w1 drains the units of partitions 6 and 7 already
+    held = {"w1": {**_all_on(range(6)), **_all_on(range(6, 8), "draining")}}
+    routes = book.routes(held)
+    owners = [routes[str(Unit(PIPELINE, "demo", p))].owner for p in range(8)]
+    assert owners[6:] == ["w2", "w2"]  # never handed back to a worker letting them go
+    assert owners.count("w2") == 4  # topped up to half the partitions, lowest first
+    assert owners[:2] == ["w2", "w2"]
