@@ -52,6 +52,7 @@ from headrace.engine.kafka.config import (
 from headrace.engine.kafka.ready import BrokerNotReady, wait_ready
 from headrace.engine.ownership import ACTIVE, DRAINING, TP, Held, Holdings
 from headrace.engine.sharding import MODEL_GATEWAY, PIPELINE, Unit, slot_of
+from headrace.engine.steady import steady_paths
 from headrace.gateway.control import RoutingTable, UnitRoute
 from headrace.gateway.dataplane import DataPlane
 from headrace.gateway.oip.types import InferRequest, InferResponse
@@ -172,6 +173,8 @@ class DataNode:
         self._shared: frozenset[TP] = frozenset()  # partitions other workers' units read too
         # pipeline -> (manifest, version, its graph or why it has none): compiled once per version
         self._compiled: dict[str, tuple[str, int, PipelineGraph | str]] = {}
+        # pipeline -> its partitions with a steady path -> their owner, for this table (see call)
+        self._steady: dict[str, dict[int, str]] = {}
 
     def _loopback(
         self,
@@ -289,6 +292,7 @@ class DataNode:
             else:
                 graphs[name] = (graph, str(route.version))
         self._compiled = compiled
+        self._steady = {}
         self.dataflow.set_pipelines(graphs)
         self.errors = errors
         self._shared, prompt = self._elsewhere()
@@ -430,6 +434,17 @@ class DataNode:
         deadline = self.loop.time() + (timeout if timeout is not None else limit)
         while True:
             partitions = self._serving(target, kind, name)
+            if kind == PIPELINE and (partitions or not forwarded):
+                # a new call goes where its whole path is steady, not into a handover: on this
+                # worker's partitions, else (once) to a worker serving such a partition
+                steady = self._steady_of(name)
+                mine = tuple(p for p in partitions if steady.get(p) == self.me)
+                peer = None if mine or forwarded else self._steady_peer(name, steady)
+                if peer is not None and self.forward is not None:
+                    return await self.forward(
+                        peer, target, request, headers, max(0.001, deadline - self.loop.time())
+                    )
+                partitions = mine or partitions
             if partitions:
                 remaining = max(0.001, deadline - self.loop.time())
                 return await self.gateway.call(target, request, headers, remaining, partitions)
@@ -452,6 +467,24 @@ class DataNode:
             if route is None or not route.ready or self.running.get(target.name) != route.version:
                 return ()
         return self.holdings.active(kind, name)
+
+    def _steady_of(self, pipeline: str) -> dict[int, str]:
+        """The pipeline's partitions whose whole path is served where it is (the scheduler moves half
+        the partitions at a time, so some stay steady) and their owners; once per table."""
+        known = self._steady.get(pipeline)
+        if known is None:
+            entry = self.dataflow.graphs.get(pipeline)
+            models = entry[0].models if entry is not None else ()
+            slots = {slot_of(m, self.settings.modelgateway_max_num_consumers) for m in models}
+            known = self._steady[pipeline] = steady_paths(self.table, pipeline, sorted(slots))
+        return known
+
+    def _steady_peer(self, pipeline: str, steady: dict[int, str]) -> str | None:
+        owners = sorted({w for w in steady.values() if w != self.me})
+        if not owners or self.forward is None:
+            return None
+        self._turn += 1
+        return owners[self._turn % len(owners)]
 
     def _not_served(self, target: Target) -> str:
         if target.kind == t.PIPELINE:
