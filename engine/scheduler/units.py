@@ -125,7 +125,10 @@ class UnitBook:
         owner, or taken by its owner while another worker still holds it; such moves go on. A unit
         served by one worker (not leaving) that is not its owner is movable: it moves when its
         partition is in ``phase``, which keeps the partitions in motion and is topped up with movable
-        ones, lowest first, while fewer than half the partitions are in it."""
+        ones, lowest first, while fewer than half the partitions are in it. So a change moving units of
+        at most half the partitions goes at once (a worker joining or leaving: partition affinity gives
+        it the same partitions of every resource), one moving units of every partition (a multiplier
+        change) by halves."""
         handed = {unit for units in released.values() for unit in units}
         movable: dict[str, tuple[int, str]] = {}
         moving: set[int] = set()

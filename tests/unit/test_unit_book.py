@@ -108,3 +108,13 @@ def test_a_move_under_way_goes_on_whatever_its_partition(tmp_path: Path) -> None
     assert owners[6:] == ["w2", "w2"]  # never handed back to a worker letting them go
     assert owners.count("w2") == 4  # topped up to half the partitions, lowest first
     assert owners[:2] == ["w2", "w2"]
+
+
+def test_units_of_at_most_half_the_partitions_move_at_once(tmp_path: Path) -> None:
+    book = UnitBook(Store(tmp_path / "s.db"), ShardingConfig(partitions=8, multiplier=1))
+    assert book.replan(["w1"], ["demo"], [])
+    assert book.replan(["w2"], ["demo"], [])
+    # w2 serves five partitions already (as after a join): the other three all move now
+    routes = book.routes({"w1": _all_on(range(3)), "w2": _all_on(range(3, 8))})
+    assert [p for p in range(8) if routes[str(Unit(PIPELINE, "demo", p))].waiting] == [0, 1, 2]
+    assert book.deferred == 0
