@@ -476,7 +476,7 @@ class DataNode:
             entry = self.dataflow.graphs.get(pipeline)
             models = entry[0].models if entry is not None else ()
             slots = {slot_of(m, self.settings.modelgateway_max_num_consumers) for m in models}
-            known = self._steady[pipeline] = steady_paths(self.table, pipeline, sorted(slots))
+            known = self._steady[pipeline] = steady_paths(self.table, pipeline, sorted(slots), self.me)
         return known
 
     def _steady_peer(self, pipeline: str, steady: dict[int, str]) -> str | None:

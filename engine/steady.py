@@ -8,16 +8,19 @@ from headrace.engine.sharding import MODEL_GATEWAY, PIPELINE
 from headrace.gateway.control import RoutingTable
 
 
-def steady_paths(table: RoutingTable, pipeline: str, slots: Iterable[int]) -> dict[int, str]:
+def steady_paths(table: RoutingTable, pipeline: str, slots: Iterable[int], me: str = "") -> dict[int, str]:
     """partition -> the worker serving the pipeline there, for the partitions on which the
     pipeline's unit and its steps' model-gateway units (the ``slots``) are all served by their
     owners with no other worker holding them. A call written to another partition waits for a
-    handover on its path."""
+    handover on its path. Units owned by ``me`` count as served when no other worker holds them:
+    the caller knows which of its own it serves before the table says so."""
     slots = tuple(slots)
     prefix = f"{PIPELINE}:{pipeline}:"
     out: dict[int, str] = {}
     for key, route in table.units.items():
-        if not key.startswith(prefix) or not _steady(table, key):
+        if not key.startswith(prefix):
+            continue
+        if not (route.owner == me and not route.waiting) and not _steady(table, key):
             continue
         partition = key[len(prefix) :]
         if partition.isdigit() and all(

@@ -47,3 +47,17 @@ def test_a_unit_whose_owner_is_not_a_known_worker_is_not_steady() -> None:
     table = _table({"pipeline:demo:0": _served("gone/0"), "pipeline:demo:1": _served("i/1")})
     assert steady_paths(table, "demo", []) == {1: "i/1"}
     assert steady_paths(table, "other", []) == {}
+
+
+def test_the_callers_own_units_count_before_the_table_says_they_are_served() -> None:
+    # the worker serves its unit (it only calls for partitions it holds active); the scheduler has
+    # not had its report yet. Another worker still holding it is waited for all the same.
+    table = _table(
+        {
+            "pipeline:demo:0": UnitRoute(owner="i/0"),
+            "pipeline:demo:1": UnitRoute(owner="i/0", waiting=["i/1"]),
+            "pipeline:demo:2": UnitRoute(owner="i/1"),
+        }
+    )
+    assert steady_paths(table, "demo", [], me="i/0") == {0: "i/0"}
+    assert steady_paths(table, "demo", []) == {}
