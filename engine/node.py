@@ -434,21 +434,18 @@ class DataNode:
         deadline = self.loop.time() + (timeout if timeout is not None else limit)
         while True:
             partitions = self._serving(target, kind, name)
-            if kind == PIPELINE and (partitions or not forwarded):
-                # a new call goes where its whole path is steady, not into a handover: on this
-                # worker's partitions, else (once) to a worker serving such a partition
+            if kind == PIPELINE and partitions:
+                # a new call goes to this worker's partitions whose whole path is steady, if any,
+                # not into a handover
                 steady = self._steady_of(name)
-                mine = tuple(p for p in partitions if steady.get(p) == self.me)
-                peer = None if mine or forwarded else self._steady_peer(name, steady)
-                if peer is not None and self.forward is not None:
-                    return await self.forward(
-                        peer, target, request, headers, max(0.001, deadline - self.loop.time())
-                    )
-                partitions = mine or partitions
+                partitions = tuple(p for p in partitions if steady.get(p) == self.me) or partitions
             if partitions:
                 remaining = max(0.001, deadline - self.loop.time())
                 return await self.gateway.call(target, request, headers, remaining, partitions)
-            peer = None if forwarded else self._peer(kind, name)
+            peer = None
+            if not forwarded:  # a worker serving a steady path of the pipeline, else any serving it
+                peer = self._steady_peer(name) if kind == PIPELINE else None
+                peer = peer or self._peer(kind, name)
             if peer is not None and self.forward is not None:
                 return await self.forward(
                     peer, target, request, headers, max(0.001, deadline - self.loop.time())
@@ -479,8 +476,8 @@ class DataNode:
             known = self._steady[pipeline] = steady_paths(self.table, pipeline, sorted(slots), self.me)
         return known
 
-    def _steady_peer(self, pipeline: str, steady: dict[int, str]) -> str | None:
-        owners = sorted({w for w in steady.values() if w != self.me})
+    def _steady_peer(self, pipeline: str) -> str | None:
+        owners = sorted({w for w in self._steady_of(pipeline).values() if w != self.me})
         if not owners or self.forward is None:
             return None
         self._turn += 1
