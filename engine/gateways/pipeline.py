@@ -10,6 +10,7 @@ import asyncio
 import functools
 import itertools
 import logging
+import math
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -161,7 +162,8 @@ class PipelineGateway:
             except TimeoutError:
                 what = "answer" if written.done() else "take the request (Kafka did not acknowledge it)"
                 raise HeadraceError(
-                    f"{target.kind} {target.name} did not {what} within {timeout:g} s", ErrorKind.TIMEOUT
+                    f"{target.kind} {target.name} did not {what} within {_seconds(timeout)} s",
+                    ErrorKind.TIMEOUT,
                 ) from None
             except (ProduceError, HeadraceError):
                 refused = written.exception() if written.done() and not written.cancelled() else None
@@ -208,6 +210,12 @@ def _written(answer: asyncio.Future[Record], written: asyncio.Future[None]) -> N
     exc = written.exception()
     if exc is not None:
         answer.set_exception(exc)
+
+
+def _seconds(timeout: float) -> str:
+    """A call's timeout as its caller set it: what is left of it when the call gets here (forwarded,
+    or a millisecond later) is rounded up to 10 ms, so 1 s reads "1", not "0.997"."""
+    return f"{math.ceil(timeout * 100 - 1e-6) / 100:g}"
 
 
 def _header(headers: Headers, name: str) -> str | None:
