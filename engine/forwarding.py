@@ -20,7 +20,7 @@ from typing import Any
 import msgspec
 
 from headrace.config.errors import ErrorKind, HeadraceError
-from headrace.engine.gateways.pipeline import Reply, Target
+from headrace.engine.gateways.pipeline import Reply, Target, seconds_text
 from headrace.gateway.control import WorkerAddr
 from headrace.gateway.oip import grpc_codec
 from headrace.gateway.oip.pb import pb2
@@ -182,7 +182,8 @@ class ForwardClient:
             answer = await asyncio.wait_for(fut, timeout + 1.0)
         except TimeoutError:
             raise HeadraceError(
-                f"{target.kind} {target.name} did not answer within {timeout:g} s (via worker {peer})",
+                f"{target.kind} {target.name} did not answer within {seconds_text(timeout)} s"
+                f" (via worker {peer})",
                 ErrorKind.TIMEOUT,
             ) from None
         finally:

@@ -10,7 +10,7 @@ import asyncio
 import functools
 import logging
 import os
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -175,6 +175,8 @@ class DataNode:
         self._compiled: dict[str, tuple[str, int, PipelineGraph | str]] = {}
         # pipeline -> its partitions with a steady path -> their owner, for this table (see call)
         self._steady: dict[str, dict[int, str]] = {}
+        # pipeline -> (the partitions it is served on here, those new calls go to), for this table
+        self._choice: dict[str, tuple[tuple[int, ...], tuple[int, ...]]] = {}
 
     def _loopback(
         self,
@@ -292,7 +294,7 @@ class DataNode:
             else:
                 graphs[name] = (graph, str(route.version))
         self._compiled = compiled
-        self._steady = {}
+        self._steady, self._choice = {}, {}
         self.dataflow.set_pipelines(graphs)
         self.errors = errors
         self._shared, prompt = self._elsewhere()
@@ -383,17 +385,19 @@ class DataNode:
     def _peer(self, kind: str, name: str) -> str | None:
         """Another worker serving some partition of this resource, to forward a call to."""
         prefix = f"{kind}:{name}:"
-        owners = sorted(
-            {
-                r.owner
-                for k, r in self.table.units.items()
-                if k.startswith(prefix) and r.active and r.owner != self.me and r.owner in self.table.workers
-            }
+        return self._turn_of(
+            r.owner
+            for k, r in self.table.units.items()
+            if k.startswith(prefix) and r.active and r.owner in self.table.workers
         )
-        if not owners or self.forward is None:
+
+    def _turn_of(self, owners: Iterable[str]) -> str | None:
+        """One of these workers other than this one, in turn (forwarded calls spread over them)."""
+        others = sorted({w for w in owners if w != self.me})
+        if not others or self.forward is None:
             return None
         self._turn += 1
-        return owners[self._turn % len(owners)]
+        return others[self._turn % len(others)]
 
     # -- the data plane's KafkaPath port ------------------------------------------------------------
     def pipeline_known(self, name: str) -> bool:
@@ -435,10 +439,7 @@ class DataNode:
         while True:
             partitions = self._serving(target, kind, name)
             if kind == PIPELINE and partitions:
-                # a new call goes to this worker's partitions whose whole path is steady, if any,
-                # not into a handover
-                steady = self._steady_of(name)
-                partitions = tuple(p for p in partitions if steady.get(p) == self.me) or partitions
+                partitions = self._steady_first(name, partitions)
             if partitions:
                 remaining = max(0.001, deadline - self.loop.time())
                 return await self.gateway.call(target, request, headers, remaining, partitions)
@@ -473,15 +474,22 @@ class DataNode:
             entry = self.dataflow.graphs.get(pipeline)
             models = entry[0].models if entry is not None else ()
             slots = {slot_of(m, self.settings.modelgateway_max_num_consumers) for m in models}
-            known = self._steady[pipeline] = steady_paths(self.table, pipeline, sorted(slots), self.me)
+            known = self._steady[pipeline] = steady_paths(self.table, pipeline, slots, self.me)
         return known
 
     def _steady_peer(self, pipeline: str) -> str | None:
-        owners = sorted({w for w in self._steady_of(pipeline).values() if w != self.me})
-        if not owners or self.forward is None:
-            return None
-        self._turn += 1
-        return owners[self._turn % len(owners)]
+        return self._turn_of(self._steady_of(pipeline).values())
+
+    def _steady_first(self, pipeline: str, partitions: tuple[int, ...]) -> tuple[int, ...]:
+        """The partitions a new call goes to: this worker's with a steady path, if any, not into a
+        handover (chosen once per table and set of partitions, not per call)."""
+        known = self._choice.get(pipeline)
+        if known is not None and known[0] is partitions:
+            return known[1]
+        steady = self._steady_of(pipeline)
+        chosen = tuple(p for p in partitions if steady.get(p) == self.me) or partitions
+        self._choice[pipeline] = (partitions, chosen)
+        return chosen
 
     def _not_served(self, target: Target) -> str:
         if target.kind == t.PIPELINE:

@@ -20,7 +20,8 @@ def steady_paths(table: RoutingTable, pipeline: str, slots: Iterable[int], me: s
     for key, route in table.units.items():
         if not key.startswith(prefix):
             continue
-        if not (route.owner == me and not route.waiting) and not _steady(table, key):
+        mine = route.owner == me and not route.waiting
+        if not (mine or _steady(table, key)):
             continue
         partition = key[len(prefix) :]
         if partition.isdigit() and all(

@@ -162,7 +162,7 @@ class PipelineGateway:
             except TimeoutError:
                 what = "answer" if written.done() else "take the request (Kafka did not acknowledge it)"
                 raise HeadraceError(
-                    f"{target.kind} {target.name} did not {what} within {_seconds(timeout)} s",
+                    f"{target.kind} {target.name} did not {what} within {seconds_text(timeout)} s",
                     ErrorKind.TIMEOUT,
                 ) from None
             except (ProduceError, HeadraceError):
@@ -212,7 +212,7 @@ def _written(answer: asyncio.Future[Record], written: asyncio.Future[None]) -> N
         answer.set_exception(exc)
 
 
-def _seconds(timeout: float) -> str:
+def seconds_text(timeout: float) -> str:
     """A call's timeout as its caller set it: what is left of it when the call gets here (forwarded,
     or a millisecond later) is rounded up to 10 ms, so 1 s reads "1", not "0.997"."""
     return f"{math.ceil(timeout * 100 - 1e-6) / 100:g}"
