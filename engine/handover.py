@@ -6,6 +6,7 @@ joins for the next owner, commit the fence for the unit's group."""
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -95,6 +96,9 @@ class UnitKeeper:
         began = self.loop.time()
         while self.holdings.get(held.unit) is held:
             grouped, replies = self.reads_of(held.unit)
+            # its answers' partitions are needed from now: one read here only for a unit that goes
+            # while this one's offsets are looked up must not be dropped (it is not in ``fresh``)
+            held.replies = set(replies)
             try:
                 # where its last owner's fence is, when it handed the unit over; else its group's offsets
                 starts = {tp: handed[tp] for tp in grouped if tp in handed}
@@ -116,7 +120,7 @@ class UnitKeeper:
             for tp, offset in starts.items():
                 begin[tp] = min([offset, *(o for (x, y, o) in held.replay if (x, y) == tp)])
             try:
-                await self._read(begin)
+                await self._read(begin, held)
             except Exception as exc:
                 log.warning("unit %s: the consumer could not take it: %s", held.unit, exc)
                 await asyncio.sleep(RETRY_S)
@@ -154,13 +158,22 @@ class UnitKeeper:
             return
         self.holdings.reindex()
         if begin:
-            await self._read(begin)
+            await self._read(begin, held)
         self.unread_unused()
         self.mark_running()
 
-    async def _read(self, begin: dict[TP, int]) -> None:
+    async def _read(self, begin: dict[TP, int], held: Held) -> None:
+        """Read these partitions from these offsets for ``held``, which takes none of their records
+        until the consumer has applied the change: one read already (for another unit here) may
+        still have copies from past the unit's start on their way, and taking one of those would
+        skip the records before it that the rewind delivers again."""
         self.assigned |= set(begin)
-        await self.consumer.change(add=begin)
+        held.positioning |= set(begin)
+        change = self.consumer.change(add=begin, applied=held.positioned)
+        change.add_done_callback(functools.partial(_unless_applied, held, set(begin)))
+        # shielded: a take cancelled meanwhile (its unit moved again) must not stop the change half
+        # way, with a pair released by one of the consumers and not yet taken up by the other
+        await asyncio.shield(change)
 
     def unread_unused(self) -> None:
         """Stop reading partitions no held unit reads and no caller waits on."""
@@ -255,3 +268,9 @@ class UnitKeeper:
         for topic, partition, _ in held.parked:
             parked[(topic, partition)] = parked.get((topic, partition), 0) + 1
         return all(tracker.in_flight(tp) <= parked.get(tp, 0) for tp in fence)
+
+
+def _unless_applied(held: Held, tps: set[TP], change: asyncio.Future[None]) -> None:
+    """A change that failed (or was cancelled) applies nothing: the unit stops waiting for it."""
+    if change.cancelled() or change.exception() is not None:
+        held.positioned(tps)

@@ -14,7 +14,7 @@ twice: an answer written twice, seen once in a cluster test).
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 
 from headrace.engine.backbone.offsets import OffsetTracker
@@ -42,11 +42,15 @@ class Held:
     # unit is active); from then on it is handed over, never just dropped
     touched: bool = False
     generation: int = 0  # of the handover it started from (its own handover's is one more)
+    # partitions the consumer is being (re)positioned on for this unit: a record of one that arrives
+    # before the consumer applied the change is an old copy (read past ``reads`` for another unit
+    # here); taking it would move ``reads`` past records the rewind is about to deliver
+    positioning: set[TP] = field(default_factory=set)
 
     def takes(self, tp: TP, offset: int) -> bool:
         """Should this unit handle the record at ``offset`` of ``tp`` (Kafka's copy)? Advances reads."""
         start = self.reads.get(tp)
-        if start is None:
+        if start is None or (self.positioning and tp in self.positioning):
             return False
         if offset < start:
             key = (tp[0], tp[1], offset)
@@ -60,6 +64,11 @@ class Held:
         self.reads[tp] = offset + 1
         self.touched = True
         return True
+
+    def positioned(self, tps: Iterable[TP]) -> None:
+        """The consumer now reads these partitions from where this unit asked (called in order with
+        the records it hands on): what comes next is the unit's to take."""
+        self.positioning.difference_update(tps)
 
     @property
     def committed(self) -> bool:

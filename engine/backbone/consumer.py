@@ -33,6 +33,7 @@ class _Change:
     drop: set[TP] = field(default_factory=set)
     done: asyncio.Future[Any] | None = None
     release: bool = False  # drop, answering where each dropped pair had got to
+    applied: Callable[[], None] | None = None  # run on the loop in order with the records handed on
 
 
 class PartitionConsumer:
@@ -64,12 +65,21 @@ class PartitionConsumer:
         self._consumer = Consumer(self._conf)
         self._thread.start()
 
-    def change(self, add: Mapping[TP, int] | None = None, drop: Iterable[TP] = ()) -> asyncio.Future[None]:
+    def change(
+        self,
+        add: Mapping[TP, int] | None = None,
+        drop: Iterable[TP] = (),
+        applied: Callable[[], None] | None = None,
+    ) -> asyncio.Future[None]:
         """Read ``add``'s pairs from these offsets (a pair read already is rewound if the offset is
-        before where it got to) and stop reading ``drop``'s; the future completes once applied."""
+        before where it got to) and stop reading ``drop``'s; the future completes once applied.
+
+        ``applied`` runs on the loop after every record handed on before the change and before any
+        handed on after it (the future's waiters wake later, when records read from the new offsets
+        may already have been handled), so it can tell old copies from the ones read again."""
         fut: asyncio.Future[None] = self._loop.create_future()
         with self._lock:
-            self._changes.append(_Change(dict(add or {}), set(drop), fut))
+            self._changes.append(_Change(dict(add or {}), set(drop), fut, applied=applied))
         return fut
 
     def release(self, tps: Iterable[TP]) -> asyncio.Future[dict[TP, int]]:
@@ -117,9 +127,13 @@ class PartitionConsumer:
                 result = self._apply_one(consumer, change)
             except KafkaException as exc:
                 log.warning("assignment change failed: %s", exc)
+                if change.applied is not None:
+                    self._loop.call_soon_threadsafe(change.applied)
                 if change.done is not None:
                     self._loop.call_soon_threadsafe(_fail, change.done, exc)
                 continue
+            if change.applied is not None:
+                self._loop.call_soon_threadsafe(change.applied)
             if change.done is not None:
                 self._loop.call_soon_threadsafe(_resolve, change.done, result if change.release else None)
 

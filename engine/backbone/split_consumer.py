@@ -14,7 +14,8 @@ skipped or handed on twice. The prompt consumer is opened on first use.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterable, Mapping
+import functools
+from collections.abc import Callable, Iterable, Mapping
 
 from headrace.engine.backbone.consumer import TP, PartitionConsumer
 
@@ -48,9 +49,15 @@ class SplitConsumer:
         side = self.prompt_consumer if prompt else self.bulk
         return frozenset(tp for tp, c in self._where.items() if c is side)
 
-    def change(self, add: Mapping[TP, int] | None = None, drop: Iterable[TP] = ()) -> asyncio.Future[None]:
-        """As PartitionConsumer.change, each pair on its side."""
-        return asyncio.ensure_future(self._change(dict(add or {}), set(drop)))
+    def change(
+        self,
+        add: Mapping[TP, int] | None = None,
+        drop: Iterable[TP] = (),
+        applied: Callable[[set[TP]], None] | None = None,
+    ) -> asyncio.Future[None]:
+        """As PartitionConsumer.change, each pair on its side; ``applied`` is called, in order with
+        each side's records, with the pairs of ``add`` that side now reads from the offsets given."""
+        return asyncio.ensure_future(self._change(dict(add or {}), set(drop), applied))
 
     def prompt(self, tps: frozenset[TP]) -> asyncio.Future[None]:
         """From now on these pairs (when read) are read by the prompt consumer, the rest in bulk."""
@@ -65,7 +72,9 @@ class SplitConsumer:
     def _sides(self) -> list[PartitionConsumer]:
         return [self.bulk] if self.prompt_consumer is None else [self.bulk, self.prompt_consumer]
 
-    async def _change(self, add: dict[TP, int], drop: set[TP]) -> None:
+    async def _change(
+        self, add: dict[TP, int], drop: set[TP], applied: Callable[[set[TP]], None] | None = None
+    ) -> None:
         waits: list[asyncio.Future[None]] = []
         async with self._lock:
             for side in self._sides():
@@ -93,6 +102,8 @@ class SplitConsumer:
                 if side is not self.bulk and not side.started:
                     side.start()  # the prompt consumer opens on its first pairs
                 self._where.update(dict.fromkeys(pairs, side))
-                waits.append(side.change(add=pairs))
+                mine = set(pairs) & add.keys()
+                hook = functools.partial(applied, mine) if applied is not None and mine else None
+                waits.append(side.change(add=pairs, applied=hook))
         if waits:
             await asyncio.gather(*waits)

@@ -102,3 +102,51 @@ def test_pairs_moved_between_bulk_and_prompt_are_handed_on_once_in_order(kafka_b
     for plan, (on_prompt, on_bulk) in zip(PLANS, sides, strict=True):
         assert on_prompt == {(topic, p) for p in plan}
         assert on_bulk == {(topic, p) for p in range(PARTITIONS) if p not in plan}
+
+
+def test_the_applied_hook_runs_between_the_old_copies_and_the_rewound_ones(kafka_bootstrap: str) -> None:
+    """A unit taken over on a pair already read past its start waits for the hook: every record handed
+    on before it is of the old reading, every one after it of the rewound one, even with the loop
+    behind the consumer thread (batches waiting in its queue when the rewind is asked for)."""
+    topic = f"rewind-{uuid.uuid4().hex[:8]}"
+    create_topic(kafka_bootstrap, topic, 1)
+    settings = Settings(kafka_bootstrap=kafka_bootstrap)
+    producer = Producer(producer_config(settings))
+    for i in range(RECORDS_PER_PARTITION):
+        producer.produce(topic, value=str(i).encode(), key=f"0.k.{i}".encode(), partition=0)
+    producer.flush(15)
+    seen: list[int] = []
+    asked: list[int] = []  # how many were handed on when the rewind was asked for, and at the hook
+    consumers: list[PartitionConsumer] = []
+
+    def handed(msgs: list[Message]) -> None:
+        time.sleep(0.001 * len(msgs))  # a busy loop: the consumer thread runs ahead of it
+        seen.extend(msg.offset() or 0 for msg in msgs if msg.error() is None)
+        if len(seen) >= 50 and not asked:  # asked for while later batches wait in the loop's queue
+            asked.append(len(seen))
+            consumers[0].change(add={(topic, 0): 0}, applied=lambda: asked.append(len(seen)))
+
+    async def run() -> None:
+        loop = asyncio.get_running_loop()
+        consumer = PartitionConsumer(
+            dataplane_consumer_config(settings, f"g-{topic}"), loop, handed, batch=10
+        )
+        consumers.append(consumer)
+        consumer.start()
+        try:
+            await consumer.change(add={(topic, 0): 0})
+            deadline = loop.time() + 30
+            while loop.time() < deadline and not (
+                len(asked) == 2 and len(seen) - asked[1] >= RECORDS_PER_PARTITION
+            ):
+                await asyncio.sleep(0.05)
+        finally:
+            await loop.run_in_executor(None, consumer.stop)
+
+    asyncio.run(run())
+
+    expected = list(range(RECORDS_PER_PARTITION))
+    assert len(asked) == 2, "the hook did not run"
+    hook = asked[1]
+    assert seen[:hook] == expected[:hook], "the old reading is not in order"
+    assert seen[hook:] == expected, "an old copy came after the hook, or a rewound one before it"

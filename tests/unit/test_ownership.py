@@ -52,6 +52,18 @@ def test_a_unit_that_handled_a_record_while_taking_it_is_marked_for_a_handover()
     assert replayed.takes(TP, 4) and replayed.touched
 
 
+def test_a_unit_taken_where_the_consumer_read_past_its_start_skips_nothing() -> None:
+    # another unit here had read the partition to 12 when this one was taken from 10 (its last owner's
+    # fence): copies of 10 and 11 went by before it existed, a copy of 12 is still on its way, and the
+    # rewind delivers 10, 11, 12 again. Taking that first 12 would have skipped 10 and 11 for good.
+    h = held(TAKING)
+    h.positioning = {TP}
+    assert not h.takes(TP, 12)  # an old copy, from before the consumer applied the rewind
+    h.positioned([TP])
+    assert [o for o in (10, 11, 12) if h.takes(TP, o)] == [10, 11, 12]
+    assert h.reads[TP] == 13
+
+
 def test_the_report_names_units_being_taken_too() -> None:
     holdings = Holdings()
     for partition, state in enumerate((TAKING, ACTIVE, DRAINING)):
