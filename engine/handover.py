@@ -112,7 +112,6 @@ class UnitKeeper:
                 await asyncio.sleep(RETRY_S)
                 continue
             held.reads = dict(starts)
-            held.replies = set(replies)
             held.replay = {(tp, p, o) for tp, p, o in route.replay if (tp, p) in grouped}
             held.generation = route.generation
             self.holdings.reindex()
@@ -167,10 +166,11 @@ class UnitKeeper:
         until the consumer has applied the change: one read already (for another unit here) may
         still have copies from past the unit's start on their way, and taking one of those would
         skip the records before it that the rewind delivers again."""
-        self.assigned |= set(begin)
-        held.positioning |= set(begin)
+        tps = set(begin)
+        self.assigned |= tps
+        held.positioning |= tps
         change = self.consumer.change(add=begin, applied=held.positioned)
-        change.add_done_callback(functools.partial(_unless_applied, held, set(begin)))
+        change.add_done_callback(functools.partial(_unless_applied, held, tps))
         # shielded: a take cancelled meanwhile (its unit moved again) must not stop the change half
         # way, with a pair released by one of the consumers and not yet taken up by the other
         await asyncio.shield(change)

@@ -76,7 +76,8 @@ class PartitionConsumer:
 
         ``applied`` runs on the loop after every record handed on before the change and before any
         handed on after it (the future's waiters wake later, when records read from the new offsets
-        may already have been handled), so it can tell old copies from the ones read again."""
+        may already have been handled), so it can tell old copies from the ones read again. A change
+        that fails applies nothing and does not run it: its future fails instead."""
         fut: asyncio.Future[None] = self._loop.create_future()
         with self._lock:
             self._changes.append(_Change(dict(add or {}), set(drop), fut, applied=applied))
@@ -127,8 +128,6 @@ class PartitionConsumer:
                 result = self._apply_one(consumer, change)
             except KafkaException as exc:
                 log.warning("assignment change failed: %s", exc)
-                if change.applied is not None:
-                    self._loop.call_soon_threadsafe(change.applied)
                 if change.done is not None:
                     self._loop.call_soon_threadsafe(_fail, change.done, exc)
                 continue
