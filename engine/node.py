@@ -60,6 +60,11 @@ from headrace.gateway.oip.types import InferRequest, InferResponse
 log = logging.getLogger("headrace.node")
 
 COMMIT_INTERVAL_S = 1.0
+#: How often the loop polls the lingering producers for delivery reports while any are due: the steps'
+#: records (nobody waits for their acknowledgement on a call's path) and a busy worker's pipeline
+#: records (its callers wait for the input's, after a linger of 2 ms).
+HOP_POLL_S = 0.005
+BUSY_POLL_S = 0.001
 _UNPARSED: Any = object()
 #: Forwards a call to the worker that serves it: (worker id, target, request, headers, timeout).
 Forward = Callable[[str, Target, InferRequest, list[tuple[str, Any]], float], Awaitable[Reply]]
@@ -87,8 +92,9 @@ class DataNode:
         self.producer = AsyncProducer(producer_config(settings), loop)
         self.hop_producer = self.busy_producer = self.producer
         if settings.local_hops:
-            self.hop_producer = AsyncProducer(hop_producer_config(settings), loop)
-            self.busy_producer = AsyncProducer(busy_producer_config(settings), loop)
+            # these two linger, so their reports are polled for on the loop (no thread hand-over)
+            self.hop_producer = AsyncProducer(hop_producer_config(settings), loop, HOP_POLL_S)
+            self.busy_producer = AsyncProducer(busy_producer_config(settings), loop, BUSY_POLL_S)
         group = f"{settings.topic_prefix}-{settings.namespace}-headrace-dataplane"
         consumer_conf = dataplane_consumer_config(settings, group)
         # -- metrics hooks (engine/sampler.py): consumer lag, produce→delivery per producer

@@ -112,6 +112,9 @@ def partition_of(key: str | bytes | None, partitions: int) -> int:
     if key is None:
         return 0
     if isinstance(key, bytes):
+        head = key.partition(b".")[0]
+        if 0 < len(head) < 10 and head.isdigit():  # every key headrace writes: ASCII digits, no sign
+            return min(int(head), partitions - 1)
         key = key.decode("utf-8", "replace")
     tag = key.partition(".")[0]
     if not _INT.fullmatch(tag):

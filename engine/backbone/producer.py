@@ -26,14 +26,24 @@ class ProduceError(Exception):
 
 
 class AsyncProducer:
-    """One librdkafka producer per worker. Delivery reports are served by a thread and handed to the
-    event loop, so nothing here ever blocks the loop."""
+    """One librdkafka producer per worker, whose delivery reports never block the event loop: a thread
+    serves them and hands them to the loop, or, with ``poll_every`` (seconds), the loop itself polls
+    for them (``poll(0)``, which does not block) that often while records are unacknowledged.
 
-    def __init__(self, conf: dict[str, Any], loop: asyncio.AbstractEventLoop) -> None:
+    Polling on the loop suits a producer whose records linger anyway: each report then costs no
+    thread switch, no lock handover between threads and no wake-up of the loop from outside; a report
+    is seen up to ``poll_every`` later."""
+
+    def __init__(
+        self, conf: dict[str, Any], loop: asyncio.AbstractEventLoop, poll_every: float | None = None
+    ) -> None:
         self._producer = Producer(conf)
         self._loop = loop
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._serve_reports, name="kafka-producer", daemon=True)
+        self._poll_every = poll_every
+        self._ticking: asyncio.TimerHandle | None = None
+        self._started = False
         # delivery reports come from whichever thread serves librdkafka's events: the reports thread
         # polling, or one flushing (a unit handed over); the lock keeps every report for the loop
         self._lock = threading.Lock()
@@ -42,7 +52,11 @@ class AsyncProducer:
         self.delivery: Any = None
 
     def start(self) -> None:
-        self._thread.start()
+        self._started = True
+        if self._poll_every is None:
+            self._thread.start()
+        elif len(self._producer):
+            self._tick_soon()
 
     def produce(
         self,
@@ -77,7 +91,27 @@ class AsyncProducer:
         except KafkaException as exc:
             err = exc.args[0] if exc.args else None
             fut.set_exception(_error(err if isinstance(err, KafkaError) else None, str(exc)))
+            return fut
+        if self._ticking is None and self._poll_every is not None and self._started:
+            self._tick_soon()
         return fut
+
+    def _tick_soon(self) -> None:
+        assert self._poll_every is not None
+        self._ticking = self._loop.call_later(self._poll_every, self._tick)
+
+    def _tick(self) -> None:
+        """On the loop: serve the reports librdkafka has; again later while records are unacknowledged."""
+        self._ticking = None
+        if self._stop.is_set():
+            return
+        self._producer.poll(0)
+        if self._reports:
+            with self._lock:
+                batch, self._reports = self._reports, []
+            _settle_all(batch)
+        if len(self._producer):
+            self._tick_soon()
 
     async def _produce_later(
         self,
@@ -111,8 +145,13 @@ class AsyncProducer:
 
     def close(self, timeout: float = 5.0) -> None:
         self._stop.set()
+        if self._ticking is not None:
+            self._ticking.cancel()
+            self._ticking = None
         if self._thread.is_alive():
             self._thread.join(timeout=1.0)
+            self._producer.flush(timeout)
+        elif self._poll_every is not None and self._started:
             self._producer.flush(timeout)
 
 

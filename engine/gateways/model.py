@@ -109,8 +109,9 @@ class ModelGateway:
             pending = self.dataplane.infer(request)
             if isinstance(pending, InferResult):
                 result = pending
-            else:
-                result = await asyncio.wait_for(pending, self.worker_timeout_s)
+            else:  # a deadline on this task: no task of its own per call, as wait_for would make
+                async with asyncio.timeout(self.worker_timeout_s):
+                    result = await pending
             try:
                 value = grpc_codec.encode_response(result.response, request).SerializeToString()
             finally:

@@ -155,10 +155,11 @@ class PipelineGateway:
             written = writer.produce(topic, partition, key, value, record_headers)
             written.add_done_callback(functools.partial(_written, fut))
             try:
-                msg = await asyncio.wait_for(fut, timeout)
-                if not written.done():  # the answer came first (in memory): it waits for the ack
-                    await asyncio.wait_for(asyncio.shield(written), max(0.0, deadline - loop.time()))
-                    written.result()
+                async with asyncio.timeout_at(deadline):  # one timer for the answer and the ack
+                    msg = await fut
+                    if not written.done():  # the answer came first (in memory): it waits for the ack
+                        await asyncio.shield(written)
+                        written.result()
             except TimeoutError:
                 what = "answer" if written.done() else "take the request (Kafka did not acknowledge it)"
                 raise HeadraceError(
