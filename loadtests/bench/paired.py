@@ -1,0 +1,143 @@
+"""Paired A/B of a pipeline's throughput: this checkout and an earlier commit serve at the same time
+(each `headrace serve --workers 2` with its own ports and embedded broker) and `wrk` alternates
+between them, so the machine's drift from minute to minute falls on both alike.
+
+    .venv/bin/python -m loadtests.bench.paired --base c65237b --pairs 8
+
+A 3-step echo chain (chain3) at c=64 unless told otherwise; `--all-pipelines` loads the pipeline
+bench's set too (chains of 1 to 5 steps and a diamond), whose topics every worker reads. Prints each
+pair and the ratio new/base per pair (median, min-max): a ratio near 1 with a spread wider than the
+change is noise.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import tempfile
+from pathlib import Path
+
+import yaml
+
+from loadtests.bench.loadgen import run_wrk
+from loadtests.bench.overhead import LAUNCH, unpack
+from loadtests.bench.procs import Server, free_ports, start_server, wait_ready
+
+REPO = Path(__file__).resolve().parents[2]
+ECHO_REPO = REPO / "config" / "samples" / "model-repo" / "echo"
+BODY = b'{"inputs":[{"name":"input-0","shape":[1,4],"datatype":"FP32","data":[1,2,3,4]}]}'
+MODELS = ("echo", "echo2", "echo3", "echo4", "echo5")
+
+
+def write_manifests(into: Path, all_pipelines: bool) -> tuple[Path, Path]:
+    """Echo models and the chains (chain3 only, or chain1..chain5 and a diamond)."""
+    models, pipes = into / "models", into / "pipelines"
+    models.mkdir(parents=True)
+    pipes.mkdir(parents=True)
+    for name in MODELS if all_pipelines else MODELS[:3]:
+        doc = {
+            "apiVersion": "mlops.seldon.io/v1alpha1",
+            "kind": "Model",
+            "metadata": {"name": name},
+            "spec": {"storageUri": str(ECHO_REPO), "requirements": ["python"], "memory": "10Mi"},
+        }
+        (models / f"{name}.yaml").write_text(yaml.safe_dump(doc, sort_keys=False))
+    docs = []
+    for n in range(1, 6) if all_pipelines else (3,):
+        steps: list[dict[str, object]] = [{"name": MODELS[0]}]
+        steps += [{"name": MODELS[i], "inputs": [MODELS[i - 1]]} for i in range(1, n)]
+        docs.append((f"chain{n}", {"steps": steps, "output": {"steps": [MODELS[n - 1]]}}))
+    if all_pipelines:
+        steps = [
+            {"name": "echo"},
+            {"name": "echo2", "inputs": ["echo"]},
+            {"name": "echo3", "inputs": ["echo"]},
+            {
+                "name": "echo4",
+                "inputs": ["echo2", "echo3"],
+                "tensorMap": {"echo2.outputs.input-0": "a", "echo3.outputs.input-0": "b"},
+            },
+        ]
+        docs.append(("diamond", {"steps": steps, "output": {"steps": ["echo4"]}}))
+    for name, spec in docs:
+        doc = {"apiVersion": "mlops.seldon.io/v1alpha1", "kind": "Pipeline", "metadata": {"name": name}}
+        doc["spec"] = spec
+        (pipes / f"{name}.yaml").write_text(yaml.safe_dump(doc, sort_keys=False))
+    return models, pipes
+
+
+def start(build: str, src: Path, work: Path, manifests: tuple[Path, Path]) -> tuple[Server, str]:
+    http, grpc, control, kafka, kctl, metrics, internal = free_ports(7)
+    cmd = [
+        sys.executable, "-c", LAUNCH, "serve", "--workers", "2", "--data-dir", str(work / build),
+        "--http-port", str(http), "--grpc-port", str(grpc), "--control-port", str(control),
+        "--kafka-port", str(kafka), "--kafka-controller-port", str(kctl),
+        "--metrics-port", str(metrics), "--internal-port", str(internal),
+        "--load", str(manifests[0]), "--load", str(manifests[1]),
+    ]  # fmt: skip
+    env = {"PYTHONPATH": str(src), "PATH": "/usr/bin:/bin"}
+    return start_server(build, cmd, log_path=work / f"{build}.log", env=env), f"http://127.0.0.1:{http}"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--base", default="main", help="the commit to compare with")
+    parser.add_argument("--pairs", type=int, default=8)
+    parser.add_argument("--duration", type=float, default=5.0, help="seconds per measurement")
+    parser.add_argument("--warmup", type=float, default=30.0, help="seconds of load on each first")
+    parser.add_argument("--conns", type=int, default=64)
+    parser.add_argument("--pipeline", default="chain3")
+    parser.add_argument("--all-pipelines", action="store_true")
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory(prefix="headrace-paired-") as tmp:
+        work = Path(tmp)
+        manifests = write_manifests(work / "manifests", args.all_pipelines)
+        srcs = {"base": unpack(args.base, work / "base-tree"), "new": REPO / "src"}
+        (work / "body.json").write_bytes(BODY)
+        servers: dict[str, tuple[Server, str]] = {}
+        try:
+            for build, src in srcs.items():
+                servers[build] = start(build, src, work, manifests)
+            for server, base in servers.values():
+                wait_ready(server, f"{base}/v2/pipelines/{args.pipeline}/ready", 240.0)
+
+            def measure(build: str, seconds: float) -> float:
+                base = servers[build][1]
+                m = run_wrk(
+                    "wrk",
+                    f"{base}/v2/pipelines/{args.pipeline}/infer",
+                    work / "body.json",
+                    {"Content-Type": "application/json"},
+                    conns=args.conns,
+                    duration=seconds,
+                    threads=1,
+                    timeout_s=10.0,
+                    workdir=work,
+                )
+                if m.errors:
+                    raise SystemExit(f"{build}: {m.errors} errors ({m.error_detail})")
+                return m.rps
+
+            for build in servers:
+                measure(build, args.warmup)
+            rps: dict[str, list[float]] = {"base": [], "new": []}
+            for k in range(args.pairs):
+                for build in ("base", "new") if k % 2 == 0 else ("new", "base"):
+                    rps[build].append(measure(build, args.duration))
+                last = f"base {rps['base'][-1]:8.0f} RPS   new {rps['new'][-1]:8.0f} RPS"
+                print(f"pair {k + 1}: {last}", flush=True)
+        finally:
+            for server, _ in servers.values():
+                server.stop()
+    ratios = [n / b for n, b in zip(rps["new"], rps["base"], strict=True)]
+    print(
+        f"{args.pipeline} c={args.conns}, {args.pairs} pairs: base {statistics.mean(rps['base']):.0f} RPS, "
+        f"new {statistics.mean(rps['new']):.0f} RPS; new/base per pair median "
+        f"{statistics.median(ratios):.3f} "
+        f"(min {min(ratios):.3f}, max {max(ratios):.3f})"
+    )
+
+
+if __name__ == "__main__":
+    main()
