@@ -106,9 +106,7 @@ class AsyncProducer:
         if self._stop.is_set():
             return
         self._producer.poll(0)
-        if self._reports:
-            with self._lock:
-                batch, self._reports = self._reports, []
+        if batch := self._take_reports():
             _settle_all(batch)
         if len(self._producer):
             self._tick_soon()
@@ -130,12 +128,17 @@ class AsyncProducer:
             self._producer.poll(0.05)
             self._hand_over()
 
-    def _hand_over(self) -> None:
+    def _take_reports(self) -> list[tuple[asyncio.Future[None], KafkaError | None]]:
         if not self._reports:
-            return
+            return []
         with self._lock:
             batch, self._reports = self._reports, []
-        self._loop.call_soon_threadsafe(_settle_all, batch)
+        return batch
+
+    def _hand_over(self) -> None:
+        """From a thread off the loop: the reports gathered so far go to the loop in one wake-up."""
+        if batch := self._take_reports():
+            self._loop.call_soon_threadsafe(_settle_all, batch)
 
     def flush(self, timeout: float) -> int:
         """Send what lingers and wait for it (call off the loop); returns how many records remain."""
@@ -150,8 +153,7 @@ class AsyncProducer:
             self._ticking = None
         if self._thread.is_alive():
             self._thread.join(timeout=1.0)
-            self._producer.flush(timeout)
-        elif self._poll_every is not None and self._started:
+        if self._started:
             self._producer.flush(timeout)
 
 

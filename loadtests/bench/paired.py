@@ -18,16 +18,13 @@ import sys
 import tempfile
 from pathlib import Path
 
-import yaml
-
 from loadtests.bench.loadgen import run_wrk
 from loadtests.bench.overhead import LAUNCH, unpack
+from loadtests.bench.pipelines import write_echo_chains
 from loadtests.bench.procs import Server, free_ports, start_server, wait_ready
 
 REPO = Path(__file__).resolve().parents[2]
-ECHO_REPO = REPO / "config" / "samples" / "model-repo" / "echo"
 BODY = b'{"inputs":[{"name":"input-0","shape":[1,4],"datatype":"FP32","data":[1,2,3,4]}]}'
-MODELS = ("echo", "echo2", "echo3", "echo4", "echo5")
 
 
 def write_manifests(into: Path, all_pipelines: bool) -> tuple[Path, Path]:
@@ -35,35 +32,7 @@ def write_manifests(into: Path, all_pipelines: bool) -> tuple[Path, Path]:
     models, pipes = into / "models", into / "pipelines"
     models.mkdir(parents=True)
     pipes.mkdir(parents=True)
-    for name in MODELS if all_pipelines else MODELS[:3]:
-        doc = {
-            "apiVersion": "mlops.seldon.io/v1alpha1",
-            "kind": "Model",
-            "metadata": {"name": name},
-            "spec": {"storageUri": str(ECHO_REPO), "requirements": ["python"], "memory": "10Mi"},
-        }
-        (models / f"{name}.yaml").write_text(yaml.safe_dump(doc, sort_keys=False))
-    docs = []
-    for n in range(1, 6) if all_pipelines else (3,):
-        steps: list[dict[str, object]] = [{"name": MODELS[0]}]
-        steps += [{"name": MODELS[i], "inputs": [MODELS[i - 1]]} for i in range(1, n)]
-        docs.append((f"chain{n}", {"steps": steps, "output": {"steps": [MODELS[n - 1]]}}))
-    if all_pipelines:
-        steps = [
-            {"name": "echo"},
-            {"name": "echo2", "inputs": ["echo"]},
-            {"name": "echo3", "inputs": ["echo"]},
-            {
-                "name": "echo4",
-                "inputs": ["echo2", "echo3"],
-                "tensorMap": {"echo2.outputs.input-0": "a", "echo3.outputs.input-0": "b"},
-            },
-        ]
-        docs.append(("diamond", {"steps": steps, "output": {"steps": ["echo4"]}}))
-    for name, spec in docs:
-        doc = {"apiVersion": "mlops.seldon.io/v1alpha1", "kind": "Pipeline", "metadata": {"name": name}}
-        doc["spec"] = spec
-        (pipes / f"{name}.yaml").write_text(yaml.safe_dump(doc, sort_keys=False))
+    write_echo_chains(models, pipes, range(1, 6) if all_pipelines else (3,), diamond=all_pipelines)
     return models, pipes
 
 

@@ -20,7 +20,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -58,6 +58,8 @@ PEAK_CONNS = 32
 #: the 3-step peak is the best of these concurrencies, for every system alike
 PEAK_SWEEP = (16, 32, 64)
 HALF_CANDIDATES = (1, 2, 4, 8, 16)
+
+ECHO_NAMES = ("echo", "echo2", "echo3", "echo4", "echo5")
 BATCH = {"size": 8, "windowMs": 5}
 #: a model whose cost is per call, not per row (a GPU kernel launch, a remote call): 10 ms a call
 PER_CALL_MODEL = """
@@ -69,6 +71,50 @@ class Model:
         time.sleep(0.010)
         return dict(inputs)
 """
+
+
+def write_echo_chains(models: Path, pipes: Path, lengths: Iterable[int], *, diamond: bool) -> None:
+    """Echo models and the pipelines chain<N> for each N of ``lengths`` (echo, then echo2, ...), and
+    with ``diamond`` the diamond: echo -> (echo2, echo3) -> echo4, an inner join (critical path 3
+    steps, like chain3). Only the models they use are written."""
+    lengths = list(lengths)
+    names = ECHO_NAMES[: max([*lengths, 4 if diamond else 0])]
+    base_doc = yaml.safe_load(ECHO_MANIFEST.read_text())
+    for name in names:
+        doc = dict(base_doc)
+        doc["metadata"] = {"name": name}
+        doc["spec"] = {**base_doc["spec"], "storageUri": str(ECHO_REPO)}
+        (models / f"{name}.yaml").write_text(yaml.safe_dump(doc, sort_keys=False))
+    for n in lengths:
+        steps: list[dict[str, Any]] = [{"name": names[0]}]
+        steps += [{"name": names[i], "inputs": [names[i - 1]]} for i in range(1, n)]
+        doc = {
+            "apiVersion": "mlops.seldon.io/v1alpha1",
+            "kind": "Pipeline",
+            "metadata": {"name": f"chain{n}"},
+            "spec": {"steps": steps, "output": {"steps": [names[n - 1]]}},
+        }
+        (pipes / f"chain{n}.yaml").write_text(yaml.safe_dump(doc, sort_keys=False))
+    if diamond:
+        doc = {
+            "apiVersion": "mlops.seldon.io/v1alpha1",
+            "kind": "Pipeline",
+            "metadata": {"name": "diamond"},
+            "spec": {
+                "steps": [
+                    {"name": "echo"},
+                    {"name": "echo2", "inputs": ["echo"]},
+                    {"name": "echo3", "inputs": ["echo"]},
+                    {
+                        "name": "echo4",
+                        "inputs": ["echo2", "echo3"],
+                        "tensorMap": {f"echo2.outputs.{INPUT_NAME}": "a", f"echo3.outputs.{INPUT_NAME}": "b"},
+                    },
+                ],
+                "output": {"steps": ["echo4"]},
+            },
+        }
+        (pipes / "diamond.yaml").write_text(yaml.safe_dump(doc, sort_keys=False))
 
 
 @dataclass
@@ -205,43 +251,8 @@ class Bench:
         pipes = wd / "pipelines"
         models.mkdir(parents=True)
         pipes.mkdir(parents=True)
+        write_echo_chains(models, pipes, range(1, 6), diamond=True)
         base_doc = yaml.safe_load(ECHO_MANIFEST.read_text())
-        names = ["echo"] + [f"echo{i}" for i in range(2, 6)]
-        for name in names:
-            doc = dict(base_doc)
-            doc["metadata"] = {"name": name}
-            doc["spec"] = {**base_doc["spec"], "storageUri": str(ECHO_REPO)}
-            (models / f"{name}.yaml").write_text(yaml.safe_dump(doc, sort_keys=False))
-        for n in range(1, 6):
-            steps: list[dict[str, Any]] = [{"name": names[0]}]
-            steps += [{"name": names[i], "inputs": [names[i - 1]]} for i in range(1, n)]
-            doc = {
-                "apiVersion": "mlops.seldon.io/v1alpha1",
-                "kind": "Pipeline",
-                "metadata": {"name": f"chain{n}"},
-                "spec": {"steps": steps, "output": {"steps": [names[n - 1]]}},
-            }
-            (pipes / f"chain{n}.yaml").write_text(yaml.safe_dump(doc, sort_keys=False))
-        # a diamond: echo -> (echo2, echo3) -> echo4, an inner join (critical path 3 steps, like chain3)
-        diamond = {
-            "apiVersion": "mlops.seldon.io/v1alpha1",
-            "kind": "Pipeline",
-            "metadata": {"name": "diamond"},
-            "spec": {
-                "steps": [
-                    {"name": "echo"},
-                    {"name": "echo2", "inputs": ["echo"]},
-                    {"name": "echo3", "inputs": ["echo"]},
-                    {
-                        "name": "echo4",
-                        "inputs": ["echo2", "echo3"],
-                        "tensorMap": {f"echo2.outputs.{INPUT_NAME}": "a", f"echo3.outputs.{INPUT_NAME}": "b"},
-                    },
-                ],
-                "output": {"steps": ["echo4"]},
-            },
-        }
-        (pipes / "diamond.yaml").write_text(yaml.safe_dump(diamond, sort_keys=False))
         batching = system == "headrace"
         if batching:  # the batching gain: one model costing 10 ms per call, without and with batch
             (wd / "percall").mkdir()
@@ -287,7 +298,7 @@ class Bench:
         server = start_server("headrace", cmd, log_path=wd / "headrace.log", cwd=wd)
         try:
             base = f"http://127.0.0.1:{http}"
-            for name in names + (["percall"] if batching else []):
+            for name in [*ECHO_NAMES, *(["percall"] if batching else [])]:
                 wait_ready(server, f"{base}/v2/models/{name}/ready", 180.0)
             env = dict(os.environ, HEADRACE_CONTROL_URL=f"http://127.0.0.1:{control}")
             run_quiet([str(HEADRACE), "pipeline", "load", "-f", str(pipes)], timeout=120, env=env)
