@@ -204,16 +204,19 @@ class UnitKeeper:
         began = self.loop.time()
         deadline = began + self.settings.grace_period_s
         partition = unit.partition
+        phases: list[tuple[str, float]] = []
         pending = [f for w in self.writers for f in w.pending(partition)]
         if pending:
             # send what lingers now rather than at the end of its linger
             await self._admin_call(self._flush_producers)
             await asyncio.wait(pending, timeout=max(0.0, deadline - self.loop.time()))
+        phases.append(("flush", self.loop.time()))
         try:
             held.fence_at(await self._admin_call(self.groups.latest, list(held.reads)))
         except GroupError as exc:
             log.warning("unit %s: no fence (%s); handing over from its last commit", unit, exc)
             held.fence = dict(held.reads)
+        phases.append(("fence", self.loop.time()))
         if unit.kind == PIPELINE:
             self.dataflow.batcher.flush_pipeline(unit.name)
         tracker = self.holdings.trackers[held.group]
@@ -222,6 +225,7 @@ class UnitKeeper:
                 break  # only records waiting in joins are left: their next owner handles them
             await asyncio.sleep(DRAIN_POLL_S)
         # records waiting in joins here, and those its last owner listed that it has not reached
+        phases.append(("finish", self.loop.time()))
         replay = sorted(held.parked | held.replay)
         joins_left = bool(held.parked) and self._only_joins_left(held)
         finished = held.caught_up(self.holdings.trackers) or joins_left
@@ -236,6 +240,7 @@ class UnitKeeper:
             await self._admin_call(self.groups.commit, held.group, commit)
         except GroupError as exc:
             log.warning("unit %s: fence not committed (%s): its next owner may repeat records", unit, exc)
+        phases.append(("commit", self.loop.time()))
         for tp in held.reads:
             tracker.forget(tp)
         self.holdings.remove(unit)
@@ -244,10 +249,15 @@ class UnitKeeper:
             replay=replay,
             generation=held.generation + 1,
         )
+        steps, last = [], began
+        for name, at in phases:
+            steps.append(f"{name} {(at - last) * 1000:.0f}")
+            last = at
         log.info(
-            "unit %s handed over in %.0f ms (%d records to handle again)",
+            "unit %s handed over in %.0f ms (%s ms; %d records to handle again)",
             unit,
             (self.loop.time() - began) * 1000,
+            ", ".join(steps),
             len(replay),
         )
         self.unread_unused()

@@ -44,8 +44,74 @@ def _lua_quote(text: str) -> str:
     return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
-def wrk_script(body_path: Path, headers: Mapping[str, str]) -> str:
-    """Lua for wrk: POST the body read from a file, set headers, print exact stats as one JSON line."""
+#: Lua for wrk's per-request timeline: each request carries its own x-request-id, found again in the
+#: answer's (a pipeline's answer carries it inside its Kafka key), and is timed with CLOCK_MONOTONIC,
+#: Python's time.monotonic(); every thread's lines are written by ``done`` (``thread:get`` copies them)
+_TIMELINE_LUA = """
+local ffi = require("ffi")
+ffi.cdef[[
+typedef struct { long tv_sec; long tv_nsec; } hr_timespec;
+int clock_gettime(int clk_id, hr_timespec *tp);
+]]
+local ts = ffi.new("hr_timespec")
+local function now() ffi.C.clock_gettime(1, ts); return tonumber(ts.tv_sec) + tonumber(ts.tv_nsec) * 1e-9 end
+local threads = {}
+setup = function(thread) table.insert(threads, thread); thread:set("tag", "hr" .. #threads .. "-") end
+local counter, sent = 0, {}
+lines = {}
+request = function()
+  counter = counter + 1
+  local rid = tag .. counter
+  sent[rid] = now()
+  local h = {}
+  for k, v in pairs(wrk.headers) do h[k] = v end
+  h["x-request-id"] = rid
+  return wrk.format(nil, nil, h, nil)
+end
+response = function(status, headers, body)
+  local t1 = now()
+  local rid = string.match(headers["x-request-id"] or "", "hr%d+%-%d+")
+  local t0 = rid and sent[rid]
+  if t0 then
+    sent[rid] = nil
+    lines[#lines + 1] = string.format("%.6f %.3f %d", t0, (t1 - t0) * 1000, status)
+  end
+end
+local function write_timeline(path)
+  local f = assert(io.open(path, "w"))
+  for _, t in ipairs(threads) do
+    local l = t:get("lines")
+    for i = 1, #l do f:write(l[i], "\\n") end
+  end
+  f:close()
+end
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class Answer:
+    """One request of a timeline: when it was sent (time.monotonic() seconds), its latency, its status."""
+
+    sent: float
+    latency_ms: float
+    status: int
+
+    @property
+    def answered(self) -> float:
+        return self.sent + self.latency_ms / 1000.0
+
+
+def read_timeline(path: Path) -> list[Answer]:
+    out = []
+    for line in path.read_text().splitlines():
+        sent, latency, status = line.split()
+        out.append(Answer(float(sent), float(latency), int(status)))
+    return out
+
+
+def wrk_script(body_path: Path, headers: Mapping[str, str], timeline: Path | None = None) -> str:
+    """Lua for wrk: POST the body read from a file, set headers, print exact stats as one JSON line;
+    with ``timeline``, also write every answered request's time and latency there (read_timeline)."""
     lines = [
         f'local f = assert(io.open({_lua_quote(str(body_path))}, "rb"))',
         'wrk.method = "POST"',
@@ -53,9 +119,12 @@ def wrk_script(body_path: Path, headers: Mapping[str, str]) -> str:
         "f:close()",
     ]
     lines += [f"wrk.headers[{_lua_quote(k)}] = {_lua_quote(v)}" for k, v in headers.items()]
+    if timeline is not None:
+        lines.append(_TIMELINE_LUA)
     lines.append(
         "done = function(summary, latency, requests)\n"
-        "  local e = summary.errors\n"
+        + (f"  write_timeline({_lua_quote(str(timeline))})\n" if timeline is not None else "")
+        + "  local e = summary.errors\n"
         f'  io.write(string.format("{_MARK}'
         '{\\"requests\\":%d,\\"duration_us\\":%d,\\"p50_us\\":%.1f,\\"p99_us\\":%.1f,'
         '\\"connect\\":%d,\\"read\\":%d,\\"write\\":%d,\\"status\\":%d,\\"timeout\\":%d}\\n",\n'
@@ -108,11 +177,13 @@ def run_wrk(
     threads: int,
     timeout_s: float,
     workdir: Path,
+    timeline: Path | None = None,
 ) -> Measurement:
-    """wrk closed loop: `conns` connections each with one request in flight, for `duration` seconds."""
+    """wrk closed loop: `conns` connections each with one request in flight, for `duration` seconds;
+    with ``timeline``, every answered request's time and latency are written there (read_timeline)."""
     workdir.mkdir(parents=True, exist_ok=True)
     script = workdir / f"wrk-{body_path.stem}.lua"
-    script.write_text(wrk_script(body_path, headers))
+    script.write_text(wrk_script(body_path, headers, timeline))
     cmd = [
         wrk,
         f"-t{max(1, min(threads, conns))}",
