@@ -77,15 +77,15 @@ def write_echo_chains(models: Path, pipes: Path, lengths: Iterable[int], *, diam
     """Echo models and the pipelines chain<N> for each N of ``lengths`` (echo, then echo2, ...), and
     with ``diamond`` the diamond: echo -> (echo2, echo3) -> echo4, an inner join (critical path 3
     steps, like chain3). Only the models they use are written."""
-    lengths = list(lengths)
-    names = ECHO_NAMES[: max([*lengths, 4 if diamond else 0])]
+    chains = list(lengths)
+    names = ECHO_NAMES[: max([*chains, 4 if diamond else 0])]
     base_doc = yaml.safe_load(ECHO_MANIFEST.read_text())
     for name in names:
         doc = dict(base_doc)
         doc["metadata"] = {"name": name}
         doc["spec"] = {**base_doc["spec"], "storageUri": str(ECHO_REPO)}
         (models / f"{name}.yaml").write_text(yaml.safe_dump(doc, sort_keys=False))
-    for n in lengths:
+    for n in chains:
         steps: list[dict[str, Any]] = [{"name": names[0]}]
         steps += [{"name": names[i], "inputs": [names[i - 1]]} for i in range(1, n)]
         doc = {

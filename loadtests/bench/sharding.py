@@ -24,10 +24,10 @@ import statistics
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
 
 import orjson
 from rich.console import Console
@@ -189,13 +189,16 @@ class Live:
         self.control = f"http://127.0.0.1:{control}"
         self.url = f"http://127.0.0.1:{http}/v2/models/demo/infer"
         self.pid = server.proc.pid
-        names = ("steady", "a worker joins", "the newest worker leaves")
-        names += (
-            "maxShardCountMultiplier 8 -> 1",
-            "steady at multiplier 1",
-            "maxShardCountMultiplier 1 -> 8",
-        )
-        windows = [Window(w, base) for w, base in zip(names, (0, 0, 0, 4, 4, 0), strict=True)]
+        # each window: what it is, the steady window it is compared with, the change made in it
+        plan: list[tuple[str, int, Callable[[], None] | None]] = [
+            ("steady", 0, None),
+            ("a worker joins", 0, lambda: os.kill(self.pid, signal.SIGTTIN)),
+            ("the newest worker leaves", 0, lambda: os.kill(self.pid, signal.SIGTTOU)),
+            ("maxShardCountMultiplier 8 -> 1", 4, lambda: self._multiplier(1)),
+            ("steady at multiplier 1", 4, None),
+            ("maxShardCountMultiplier 1 -> 8", 0, lambda: self._multiplier(0)),
+        ]
+        windows = [Window(what, steady) for what, steady, _ in plan]
         try:
             wait_ready(server, f"http://127.0.0.1:{http}/v2/pipelines/demo/ready", 180.0)
             self._settled()
@@ -203,16 +206,8 @@ class Live:
             if status != 200:
                 raise SetupError(f"demo answered {status}: {reply[:200]!r}")
             self._load(self.args.warmup)  # warm up (the broker's JIT, the clients)
-            changes: list[Any] = [
-                None,
-                lambda: os.kill(self.pid, signal.SIGTTIN),
-                lambda: os.kill(self.pid, signal.SIGTTOU),
-                lambda: self._multiplier(1),
-                None,
-                lambda: self._multiplier(0),
-            ]
             for _ in range(self.args.repeats):
-                for window, change in zip(windows, changes, strict=True):
+                for window, (_, _, change) in zip(windows, plan, strict=True):
                     measured, during = self._around(change)
                     window.runs.append(measured)
                     window.during.append(during)
@@ -245,28 +240,27 @@ class Live:
         return run_wrk(self.wrk, self.url, self.body, HEADERS, conns=self.args.conns, duration=seconds,
                        threads=1, timeout_s=30.0, workdir=self.work, timeline=timeline)  # fmt: skip
 
-    def _around(self, change: Any) -> tuple[Measurement, During]:
+    def _around(self, change: Callable[[], None] | None) -> tuple[Measurement, During]:
         """A load window with the change (if any) made a second in; the units settle within it. The
-        requests answered from the change on are those "during" the rebalance."""
+        requests answered from the change on are those "during" the rebalance (a steady window's: all)."""
         timeline = self.work / "timeline.txt"
+        if change is None:
+            began = time.monotonic()
+            return self._load(self.args.duration, timeline), During.of(read_timeline(timeline), began)
         changed: list[float] = []
 
         def make() -> None:
             changed.append(time.monotonic())
             change()
 
-        timer = threading.Timer(1.0, make) if change is not None else None
-        began = time.monotonic()
-        if timer is not None:
-            timer.start()
+        timer = threading.Timer(1.0, make)
+        timer.start()
         try:
             m = self._load(self.args.duration, timeline)
         finally:
-            if timer is not None:
-                timer.join()
-        if timer is not None:
-            self._settled()
-        return m, During.of(read_timeline(timeline), changed[0] if changed else began)
+            timer.join()
+        self._settled()
+        return m, During.of(read_timeline(timeline), changed[0])
 
 
 def report(args: argparse.Namespace, first: float, changes: list[Change], windows: list[Window]) -> str:
