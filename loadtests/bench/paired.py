@@ -4,6 +4,8 @@ between them, so the machine's drift from minute to minute falls on both alike.
 
     .venv/bin/python -m loadtests.bench.paired --base c65237b --pairs 8
 
+The same code with other options on one side: `--base HEAD --new-args '--workers 1'`.
+
 A 3-step echo chain (chain3) at c=64 unless told otherwise; `--all-pipelines` loads the pipeline
 bench's set too (chains of 1 to 5 steps and a diamond), whose topics every worker reads. Prints each
 pair and the ratio new/base per pair (median, min-max): a ratio near 1 with a spread wider than the
@@ -13,6 +15,7 @@ change is noise.
 from __future__ import annotations
 
 import argparse
+import shlex
 import statistics
 import sys
 import tempfile
@@ -36,14 +39,16 @@ def write_manifests(into: Path, all_pipelines: bool) -> tuple[Path, Path]:
     return models, pipes
 
 
-def start(build: str, src: Path, work: Path, manifests: tuple[Path, Path]) -> tuple[Server, str]:
+def start(
+    build: str, src: Path, work: Path, manifests: tuple[Path, Path], extra: list[str]
+) -> tuple[Server, str]:
     http, grpc, control, kafka, kctl, metrics, internal = free_ports(7)
     cmd = [
         sys.executable, "-c", LAUNCH, "serve", "--workers", "2", "--data-dir", str(work / build),
         "--http-port", str(http), "--grpc-port", str(grpc), "--control-port", str(control),
         "--kafka-port", str(kafka), "--kafka-controller-port", str(kctl),
         "--metrics-port", str(metrics), "--internal-port", str(internal),
-        "--load", str(manifests[0]), "--load", str(manifests[1]),
+        "--load", str(manifests[0]), "--load", str(manifests[1]), *extra,
     ]  # fmt: skip
     env = {"PYTHONPATH": str(src), "PATH": "/usr/bin:/bin"}
     return start_server(build, cmd, log_path=work / f"{build}.log", env=env), f"http://127.0.0.1:{http}"
@@ -58,6 +63,9 @@ def main() -> None:
     parser.add_argument("--conns", type=int, default=64)
     parser.add_argument("--pipeline", default="chain3")
     parser.add_argument("--all-pipelines", action="store_true")
+    for side in ("base", "new"):
+        more = f"more `headrace serve` options for {side} (e.g. '--workers 1')"
+        parser.add_argument(f"--{side}-args", default="", help=more)
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="headrace-paired-") as tmp:
         work = Path(tmp)
@@ -67,7 +75,8 @@ def main() -> None:
         servers: dict[str, tuple[Server, str]] = {}
         try:
             for build, src in srcs.items():
-                servers[build] = start(build, src, work, manifests)
+                extra = shlex.split(getattr(args, f"{build}_args"))
+                servers[build] = start(build, src, work, manifests, extra)
             for server, base in servers.values():
                 wait_ready(server, f"{base}/v2/pipelines/{args.pipeline}/ready", 240.0)
 
