@@ -111,6 +111,7 @@ class UnitKeeper:
                 log.debug("unit %s not ready: %s", held.unit, exc)
                 await asyncio.sleep(RETRY_S)
                 continue
+            looked_up = self.loop.time()
             held.reads = dict(starts)
             held.replay = {(tp, p, o) for tp, p, o in route.replay if (tp, p) in grouped}
             held.generation = route.generation
@@ -126,8 +127,15 @@ class UnitKeeper:
                 continue
             if self.holdings.get(held.unit) is held and held.state == TAKING:
                 self.holdings.set_state(held, ACTIVE)
-                took = (self.loop.time() - began) * 1000
-                log.info("unit %s taken in %.0f ms%s", held.unit, took, " (handed over)" * bool(handed))
+                now = self.loop.time()
+                log.info(
+                    "unit %s taken in %.0f ms (offsets %.0f, consumer %.0f ms)%s",
+                    held.unit,
+                    (now - began) * 1000,
+                    (looked_up - began) * 1000,
+                    (now - looked_up) * 1000,
+                    " (handed over)" * bool(handed),
+                )
                 self.mark_running()
                 self.notify()
             return

@@ -27,6 +27,12 @@ LEADERS_TIMEOUT_S = 2.0
 TP = tuple[str, int]
 
 
+# How long one poll may block. An assignment change asked meanwhile (a unit taken or handed over)
+# waits for the poll to end, and a unit's change on a worker waits for the changes asked before it:
+# at a multiplier change a dozen units move at once, and 50 ms polls made the last take wait ~200 ms.
+POLL_S = 0.01
+
+
 @dataclass(slots=True)
 class _Change:
     add: dict[TP, int] = field(default_factory=dict)
@@ -106,7 +112,7 @@ class PartitionConsumer:
                 # consume(n, t) waits for a full batch or the timeout: block for the first record
                 # only, then take whatever else is already here (briefly: a change asked for
                 # meanwhile waits for the poll to end)
-                first = consumer.poll(0.05)
+                first = consumer.poll(POLL_S)
                 if first is None:
                     continue
                 msgs = [first, *consumer.consume(self._batch - 1, 0)] if self._batch > 1 else [first]
