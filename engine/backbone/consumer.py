@@ -24,13 +24,11 @@ Handler = Callable[[list[Message]], None]
 
 #: How long an assignment waits for a new topic's metadata (it goes ahead without it past that).
 LEADERS_TIMEOUT_S = 2.0
-TP = tuple[str, int]
-
-
-# How long one poll may block. An assignment change asked meanwhile (a unit taken or handed over)
-# waits for the poll to end, and a unit's change on a worker waits for the changes asked before it:
-# at a multiplier change a dozen units move at once, and 50 ms polls made the last take wait ~200 ms.
+#: How long one poll may block. A change asked meanwhile (a unit taken or handed over) waits for the
+#: poll to end, after the changes asked before it: at a multiplier change a dozen units move at
+#: once, and 50 ms polls made the last take wait ~200 ms.
 POLL_S = 0.01
+TP = tuple[str, int]
 
 
 @dataclass(slots=True)

@@ -234,7 +234,8 @@ def jvm_options(
         f"-Xmx{heap or settings.kafka_heap}",
         # G1, not Serial: the serial collector's full collections stopped the broker for 80-165 ms
         # every 20-30 s under pipeline load (and every caller with it); G1 collects the old
-        # generation concurrently, its young pauses stayed under ~25 ms; same 3-step peak, ~30 MB more
+        # generation concurrently, its young pauses stayed under ~25 ms. ~30 MB more; the 3-step
+        # peak within the noise (paired new/base medians 0.99 and 0.92, README "Pipelines")
         "-XX:+UseG1GC",
         "-XX:MaxGCPauseMillis=10",
         # full tiered JIT (C2): the broker is compute-bound under pipeline load; C1 alone gave a

@@ -63,10 +63,10 @@ def main() -> None:
     parser.add_argument("--conns", type=int, default=64)
     parser.add_argument("--pipeline", default="chain3")
     parser.add_argument("--all-pipelines", action="store_true")
-    for side in ("base", "new"):
-        more = f"more `headrace serve` options for {side} (e.g. '--workers 1')"
-        parser.add_argument(f"--{side}-args", default="", help=more)
+    parser.add_argument("--base-args", default="", help="more `headrace serve` options for base")
+    parser.add_argument("--new-args", default="", help="the same for new (e.g. '--workers 1')")
     args = parser.parse_args()
+    extras = {"base": shlex.split(args.base_args), "new": shlex.split(args.new_args)}
     with tempfile.TemporaryDirectory(prefix="headrace-paired-") as tmp:
         work = Path(tmp)
         manifests = write_manifests(work / "manifests", args.all_pipelines)
@@ -75,8 +75,7 @@ def main() -> None:
         servers: dict[str, tuple[Server, str]] = {}
         try:
             for build, src in srcs.items():
-                extra = shlex.split(getattr(args, f"{build}_args"))
-                servers[build] = start(build, src, work, manifests, extra)
+                servers[build] = start(build, src, work, manifests, extras[build])
             for server, base in servers.values():
                 wait_ready(server, f"{base}/v2/pipelines/{args.pipeline}/ready", 240.0)
 
