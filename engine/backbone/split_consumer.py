@@ -8,7 +8,7 @@ unit in the middle of a handover) is waited for, so the partitions such records 
 a second, prompt consumer (the broker answers its fetch as soon as a record arrives). Which pairs are
 prompt follows the routing table (``prompt()``); a pair that changes sides is released by one
 consumer and taken up by the other from the offset after the last record handed on, so nothing is
-skipped or handed on twice. The prompt consumer is opened on first use.
+skipped or handed on twice. Both consumers open when the worker starts.
 """
 
 from __future__ import annotations
@@ -36,7 +36,12 @@ class SplitConsumer:
         return self._started
 
     def start(self) -> None:
+        """Open both consumers now: each learns where every topic's partitions live before it is
+        given any, so pairs moved to the prompt side at a rebalance are fetched at once (opened on its
+        first pairs, it spent 100-150 ms learning them while a unit handed over waited for them)."""
         self.bulk.start()
+        if self.prompt_consumer is not None:
+            self.prompt_consumer.start()
         self._started = True
 
     def stop(self) -> None:
@@ -99,8 +104,6 @@ class SplitConsumer:
                 pairs = {tp: offset for tp, offset in starts.items() if self._side(tp) is side}
                 if not pairs:
                     continue
-                if side is not self.bulk and not side.started:
-                    side.start()  # the prompt consumer opens on its first pairs
                 self._where.update(dict.fromkeys(pairs, side))
                 mine = set(pairs) & add.keys()
                 hook = functools.partial(applied, mine) if applied is not None and mine else None

@@ -67,8 +67,9 @@ def test_pairs_moved_between_bulk_and_prompt_are_handed_on_once_in_order(kafka_b
         split = SplitConsumer(bulk, prompt)
         split.start()
         try:
+            assert prompt.started, "both consumers open at start, before the prompt side has pairs"
             await split.change(add={(topic, p): 0 for p in range(PARTITIONS)})
-            assert not prompt.started, "the prompt consumer opens on first use"
+            assert split.reading(prompt=True) == frozenset(), "no pair is prompt until the set names it"
             stop = threading.Event()
             writer = threading.Thread(target=_produce_slowly, args=(kafka_bootstrap, topic, stop))
             writer.start()
