@@ -181,8 +181,9 @@ class DataNode:
         self._compiled: dict[str, tuple[str, int, PipelineGraph | str]] = {}
         # pipeline -> its partitions with a steady path -> their owner, for this table (see call)
         self._steady: dict[str, dict[int, str]] = {}
-        # pipeline -> (the partitions it is served on here, those new calls go to), for this table
-        self._choice: dict[str, tuple[tuple[int, ...], tuple[int, ...]]] = {}
+        # pipeline -> (the partitions it is served on here, those new calls go to, whether those
+        # have a steady path), for this table
+        self._choice: dict[str, tuple[tuple[int, ...], tuple[int, ...], bool]] = {}
 
     def _loopback(
         self,
@@ -445,7 +446,14 @@ class DataNode:
         while True:
             partitions = self._serving(target, kind, name)
             if kind == PIPELINE and partitions:
-                partitions = self._steady_first(name, partitions)
+                partitions, steady = self._steady_first(name, partitions)
+                # none of its partitions has a steady path (all in motion or about to move): a
+                # worker with one answers sooner than a handover here would
+                peer = None if steady or forwarded else self._steady_peer(name)
+                if peer is not None and self.forward is not None:
+                    return await self.forward(
+                        peer, target, request, headers, max(0.001, deadline - self.loop.time())
+                    )
             if partitions:
                 remaining = max(0.001, deadline - self.loop.time())
                 return await self.gateway.call(target, request, headers, remaining, partitions)
@@ -486,16 +494,17 @@ class DataNode:
     def _steady_peer(self, pipeline: str) -> str | None:
         return self._turn_of(self._steady_of(pipeline).values())
 
-    def _steady_first(self, pipeline: str, partitions: tuple[int, ...]) -> tuple[int, ...]:
+    def _steady_first(self, pipeline: str, partitions: tuple[int, ...]) -> tuple[tuple[int, ...], bool]:
         """The partitions a new call goes to: this worker's with a steady path, if any, not into a
-        handover (chosen once per table and set of partitions, not per call)."""
+        handover (chosen once per table and set of partitions, not per call); and whether they are
+        steady."""
         known = self._choice.get(pipeline)
         if known is not None and known[0] is partitions:
-            return known[1]
+            return known[1], known[2]
         steady = self._steady_of(pipeline)
-        chosen = tuple(p for p in partitions if steady.get(p) == self.me) or partitions
-        self._choice[pipeline] = (partitions, chosen)
-        return chosen
+        mine = tuple(p for p in partitions if steady.get(p) == self.me)
+        self._choice[pipeline] = (partitions, mine or partitions, bool(mine))
+        return mine or partitions, bool(mine)
 
     def _not_served(self, target: Target) -> str:
         if target.kind == t.PIPELINE:

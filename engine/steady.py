@@ -11,16 +11,17 @@ from headrace.gateway.control import RoutingTable
 def steady_paths(table: RoutingTable, pipeline: str, slots: Iterable[int], me: str = "") -> dict[int, str]:
     """partition -> the worker serving the pipeline there, for the partitions on which the
     pipeline's unit and its steps' model-gateway units (the ``slots``) are all served by their
-    owners with no other worker holding them. A call written to another partition waits for a
-    handover on its path. Units owned by ``me`` count as served when no other worker holds them:
-    the caller knows which of its own it serves before the table says so."""
+    owners with no other worker holding them and none about to move (``soon``). A call written to
+    another partition waits for a handover on its path. Units owned by ``me`` count as served when
+    no other worker holds them: the caller knows which of its own it serves before the table says
+    so."""
     slots = tuple(slots)
     prefix = f"{PIPELINE}:{pipeline}:"
     out: dict[int, str] = {}
     for key, route in table.units.items():
         if not key.startswith(prefix):
             continue
-        mine = route.owner == me and not route.waiting
+        mine = route.owner == me and not route.waiting and not route.soon
         if not (mine or _steady(table, key)):
             continue
         partition = key[len(prefix) :]
@@ -33,4 +34,10 @@ def steady_paths(table: RoutingTable, pipeline: str, slots: Iterable[int], me: s
 
 def _steady(table: RoutingTable, key: str) -> bool:
     route = table.units.get(key)
-    return route is not None and route.active and not route.waiting and route.owner in table.workers
+    return (
+        route is not None
+        and route.active
+        and not route.waiting
+        and not route.soon
+        and route.owner in table.workers
+    )

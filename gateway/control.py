@@ -72,6 +72,9 @@ class UnitRoute(msgspec.Struct, frozen=True, kw_only=True):
     owner: str  # worker id "<instance>/<index>"
     waiting: list[str] = []
     active: bool = False  # the owner reported it holds the unit and serves it
+    # it is about to move (its owner is still the worker serving it): new calls go elsewhere first,
+    # so that the ones in flight on its partition finish before the handover starts
+    soon: bool = False
     # from its last owner's handover: where each of its partitions starts (the fence), and records it
     # left waiting in joins, which the owner handles again first; (topic, partition, offset) each
     starts: list[tuple[str, int, int]] = []

@@ -105,6 +105,7 @@ class SchedulerState:
                 config.partitions, stored, config.epsilon, config.max_consumers, config.vnodes
             )
         self.units = UnitBook(store, config)
+        self._turn: tuple[float, threading.Timer] | None = None  # publishes when an announced move is due
         self.views = Views(self.models, self.servers, self.workers, clock)
         self.views.units = self.units
         self.views.instance = instance
@@ -314,6 +315,26 @@ class SchedulerState:
         self._mark_routable(routes)
         self.topic_book.replan(self.models, self.pipelines)
         self._cond.notify_all()
+        if self.units.due is not None:
+            self._publish_at(self.units.due, now)
+
+    def _publish_at(self, due: float, now: float) -> None:
+        """Publish again at ``due`` (on the state's clock), when units whose move was announced move:
+        nothing else may happen by then (reports come every couple of seconds)."""
+        if self._turn is not None and self._turn[0] <= due and self._turn[1].is_alive():
+            return
+
+        def publish() -> None:
+            with self._cond:
+                if not self._closed:
+                    self._publish()
+
+        if self._turn is not None:
+            self._turn[1].cancel()
+        timer = threading.Timer(max(0.0, due - now) + 0.001, publish)
+        timer.daemon = True
+        self._turn = (due, timer)
+        timer.start()
 
     def _mark_routable(self, routes: dict[str, ModelRoute]) -> None:
         """Remember the first table in which each model (at its generation) is routable."""
@@ -352,6 +373,7 @@ class SchedulerState:
             {wid: w.held for wid, w in live.items()},
             {wid: w.released for wid, w in live.items()},
             frozenset(wid for wid, w in live.items() if w.leaving),
+            now,
         )
         addrs = {
             wid: msgspec.structs.replace(w.forward, leaving=w.leaving)
@@ -662,6 +684,8 @@ class SchedulerState:
     def close(self) -> None:
         with self._cond:
             self._closed = True
+            if self._turn is not None:
+                self._turn[1].cancel()
             self._cond.notify_all()
 
     # ---------------------------------------------------------------------------------- queries

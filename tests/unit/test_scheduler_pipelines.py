@@ -15,6 +15,7 @@ from headrace.engine.scheduler import status as st
 from headrace.engine.scheduler.pipelines import parse_pipeline_docs
 from headrace.engine.scheduler.state import SchedulerState
 from headrace.engine.scheduler.store import Store
+from headrace.engine.scheduler.units import ANNOUNCE_S
 from headrace.engine.sharding import slot_of
 from headrace.engine.topics import Topics
 from headrace.gateway.control import Handover, LoadedModel, ServerReport, WorkerReport
@@ -364,10 +365,6 @@ def test_a_pipeline_stays_routable_while_a_model_gateway_unit_is_handed_over(
         worker(state, index, p=1)
     assert state.routes().pipelines["p"].ready
     before = {u: r.owner for u, r in state.routes().units.items()}
-    worker(state, 2)  # a third worker joins: some units move to it
-    moved = [u for u, r in state.routes().units.items() if r.owner == "local/2" and u.startswith("modelgw:")]
-    assert moved
-    old = {before[u] for u in moved}
 
     def report(index: int, held: dict[str, str], released: dict[str, Handover]) -> None:
         state.report_worker(
@@ -376,6 +373,16 @@ def test_a_pipeline_stays_routable_while_a_model_gateway_unit_is_handed_over(
                 pipelines={"p": 1}, held=held, released=released,
             )
         )  # fmt: skip
+
+    worker(state, 2)  # a third worker joins: some units move to it, announced first
+    soon = [u for u, r in state.routes().units.items() if r.soon]
+    assert soon and all(state.routes().units[u].owner == before[u] for u in soon)
+    assert state.routes().pipelines["p"].ready
+    clock.now += ANNOUNCE_S
+    report(0, dict(state.workers["local/0"].held), {})  # anything that publishes after the announcement
+    moved = [u for u, r in state.routes().units.items() if r.owner == "local/2" and u.startswith("modelgw:")]
+    assert moved and not any(r.soon for r in state.routes().units.values())
+    old = {before[u] for u in moved}
 
     for owner in old:  # its old owners drain the moved units ...
         index = int(owner.rsplit("/", 1)[1])

@@ -61,3 +61,19 @@ def test_the_callers_own_units_count_before_the_table_says_they_are_served() -> 
     )
     assert steady_paths(table, "demo", [], me="i/0") == {0: "i/0"}
     assert steady_paths(table, "demo", []) == {}
+
+
+def test_a_partition_whose_units_are_about_to_move_is_left_out() -> None:
+    # its turn to move is announced: still served where it is, but new calls go elsewhere first,
+    # whether the unit about to move is the pipeline's own (the caller's too) or a step's
+    table = _table(
+        {
+            "pipeline:demo:0": UnitRoute(owner="i/0", active=True, soon=True),
+            "pipeline:demo:1": _served("i/0"),
+            "pipeline:demo:2": _served("i/0"),
+            "modelgw:7:0": _served("i/0"),
+            "modelgw:7:1": UnitRoute(owner="i/0", active=True, soon=True),
+            "modelgw:7:2": _served("i/0"),
+        }
+    )
+    assert steady_paths(table, "demo", [7], me="i/0") == {2: "i/0"}

@@ -9,7 +9,7 @@ import pytest
 
 from headrace.engine.ownership import ACTIVE, TAKING, Held, Holdings
 from headrace.engine.scheduler.store import Store
-from headrace.engine.scheduler.units import UnitBook
+from headrace.engine.scheduler.units import ANNOUNCE_S, UnitBook
 from headrace.engine.sharding import PIPELINE, ShardingConfig, Unit
 from headrace.gateway.control import Handover
 
@@ -118,3 +118,37 @@ def test_units_of_at_most_half_the_partitions_move_at_once(tmp_path: Path) -> No
     routes = book.routes({"w1": _all_on(range(3)), "w2": _all_on(range(3, 8))})
     assert [p for p in range(8) if routes[str(Unit(PIPELINE, "demo", p))].waiting] == [0, 1, 2]
     assert book.deferred == 0
+
+
+def test_a_partitions_turn_to_move_is_announced_before_its_units_move(tmp_path: Path) -> None:
+    book = UnitBook(Store(tmp_path / "s.db"), ShardingConfig(partitions=8, multiplier=1))
+    assert book.replan(["w1"], ["demo"], [])
+    assert book.replan(["w2"], ["demo"], [])
+    held = {"w1": _all_on(range(8))}
+    routes = book.routes(held, now=50.0)
+    # the first half's turn is announced: still w1's, said to move soon, for ANNOUNCE_S
+    for p in range(8):
+        route = routes[str(Unit(PIPELINE, "demo", p))]
+        assert route.owner == "w1" and route.active and route.soon == (p < 4)
+    assert book.due == 50.0 + ANNOUNCE_S
+    assert not any(r.waiting for r in book.routes(held, now=50.0 + ANNOUNCE_S / 2).values())
+    routes = book.routes(held, now=50.0 + ANNOUNCE_S)
+    for p in range(8):
+        route = routes[str(Unit(PIPELINE, "demo", p))]
+        assert (route.owner, route.soon) == (("w2", False) if p < 4 else ("w1", False))
+    assert book.due is None
+    # w2 serves the first half: the second half's turn is announced in turn, then it moves
+    held = {"w1": _all_on(range(4, 8)), "w2": _all_on(range(4))}
+    routes = book.routes(held, now=60.0)
+    assert [p for p in range(8) if routes[str(Unit(PIPELINE, "demo", p))].soon] == [4, 5, 6, 7]
+    routes = book.routes(held, now=60.0 + ANNOUNCE_S)
+    assert all(routes[str(Unit(PIPELINE, "demo", p))].owner == "w2" for p in range(8))
+    # a leaving worker's units are announced all at once (not half at a time), then all move
+    book = UnitBook(Store(tmp_path / "t.db"), ShardingConfig(partitions=8, multiplier=1))
+    assert book.replan(["w1"], ["demo"], [])
+    assert book.replan(["w2"], ["demo"], [])
+    held, leaving = {"w1": _all_on(range(8))}, frozenset({"w1"})
+    routes = book.routes(held, leaving=leaving, now=70.0)
+    assert all(r.owner == "w1" and r.soon for r in routes.values())
+    routes = book.routes(held, leaving=leaving, now=70.0 + ANNOUNCE_S)
+    assert all(r.owner == "w2" and r.waiting == ["w1"] and not r.soon for r in routes.values())
