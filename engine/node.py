@@ -691,8 +691,9 @@ class DataNode:
     async def leave(self, timeout: float) -> None:
         """Hand every unit to other workers before stopping (when there are any): say so, then wait
         until nothing is held — or a table that knows this worker is leaving still gives it its units
-        (nobody can take them), or the time is up. (A newer table alone is not enough: one made for
-        another worker that is leaving too still gives this one its units.)"""
+        and does not say they move soon (nobody can take them), or the time is up. (A newer table
+        alone is not enough: one made for another worker that is leaving too still gives this one its
+        units.)"""
         self.leaving = True
         self._notify()
         deadline = self.loop.time() + timeout
@@ -701,13 +702,15 @@ class DataNode:
             if (
                 heard is not None
                 and heard.leaving
-                and all(
-                    self.table.units.get(str(h.unit), UnitRoute(owner="")).owner == self.me
-                    for h in self.holdings
-                )
+                and all(self._kept_here(str(h.unit)) for h in self.holdings)
             ):
                 break  # the scheduler has heard and gives the units to nobody else
             await asyncio.sleep(0.02)
+
+    def _kept_here(self, unit: str) -> bool:
+        """The table leaves this unit here for good: not one whose turn to move is only announced."""
+        route = self.table.units.get(unit, UnitRoute(owner=""))
+        return route.owner == self.me and not route.soon
 
     def close(self) -> None:
         """Called off the event loop, at the end: commit what is finished, stop the clients."""

@@ -7,6 +7,7 @@ import collections
 import http.client
 import json
 import os
+import re
 import signal
 import subprocess
 import threading
@@ -205,6 +206,11 @@ def test_adding_and_removing_workers_under_load_fails_no_request(cluster: Serve)
         settle(cluster, lambda st: sum(1 for w in st["workers"] if w["units"]) == 2, "2")
         grow_while_loaded(load, load.count())
     check_every_answer(cluster, load)
+    # drain-first: the worker that left handed over every unit it had taken (none just dropped)
+    log = cluster.log_text()
+    taken = set(re.findall(r"worker 2 INFO headrace\.node: unit (\S+) taken in", log))
+    handed = set(re.findall(r"worker 2 INFO headrace\.node: unit (\S+) handed over in", log))
+    assert taken and taken == handed, f"taken {sorted(taken)}, handed over {sorted(handed)}"
 
 
 def test_changing_the_multiplier_under_load_fails_no_request(cluster: Serve) -> None:
