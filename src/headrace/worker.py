@@ -30,6 +30,9 @@ from headrace.supervisor import report_ready
 
 log = logging.getLogger("headrace.worker")
 
+#: At a drain, how long idle keep-alive connections stay open for a request already on its way.
+IDLE_CLOSE_GRACE_S = 0.05
+
 
 async def serve(settings: Settings, index: int) -> None:
     from headrace.gateway.frontdoor.grpc import make_server
@@ -97,6 +100,10 @@ async def serve(settings: Settings, index: int) -> None:
     http_server.close()
     state.stop_sweeping()
     grpc_stop = asyncio.ensure_future(grpc_server.stop(settings.grace_period_s))
+    # a keep-alive connection idle now may carry the client's next request already: closing it
+    # then resets it under the request (a read error, seen at a worker leaving under load), so the
+    # idle ones get a moment for it to arrive (it is answered with connection: close) first
+    await asyncio.sleep(IDLE_CLOSE_GRACE_S)
     for conn in list(state.connections):
         conn.shutdown()
     deadline = loop.time() + settings.grace_period_s
