@@ -106,6 +106,7 @@ class SchedulerState:
             )
         self.units = UnitBook(store, config)
         self._turn: tuple[float, threading.Timer] | None = None  # publishes when an announced move is due
+        self._fired: float | None = None  # the due time it last published at
         self.views = Views(self.models, self.servers, self.workers, clock)
         self.views.units = self.units
         self.views.instance = instance
@@ -320,12 +321,16 @@ class SchedulerState:
 
     def _publish_at(self, due: float, now: float) -> None:
         """Publish again at ``due`` (on the state's clock), when units whose move was announced move:
-        nothing else may happen by then (reports come every couple of seconds)."""
-        if self._turn is not None and self._turn[0] <= due and self._turn[1].is_alive():
+        nothing else may happen by then (reports come every couple of seconds). Once per ``due``: a
+        clock that does not move (tests) would otherwise have it publish again and again."""
+        if due == self._fired or (self._turn is not None and self._turn[0] <= due):
             return
 
         def publish() -> None:
             with self._cond:
+                if self._turn is None or self._turn[1] is not timer:
+                    return  # replaced by an earlier one
+                self._turn, self._fired = None, due
                 if not self._closed:
                     self._publish()
 

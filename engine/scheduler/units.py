@@ -84,7 +84,7 @@ class UnitBook:
         handled the earlier one's, except those it lists again. A unit whose partition's turn to move
         has not come stays with the worker serving it (``_deferred``), and so does one whose turn was
         announced less than ANNOUNCE_S before ``now`` (its route says ``soon``; without ``now`` turns
-        are not announced); a leaving worker's units move at once."""
+        are not announced); a leaving worker's units all take their turn at once."""
         holders: dict[str, list[str]] = {}
         for worker, units in held.items():
             for unit in units:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -407,3 +408,26 @@ def conditions_of_model(state: SchedulerState, unit: str) -> str:
     [name] = [m for m in ("a", "b") if slot_of(m, 100) == slot]
     status = state.model_status(name)
     return {c.type: c.status for c in status.conditions}["ModelGw"]
+
+
+def test_announced_moves_happen_when_due_without_waiting_for_a_report(tmp_path: Path, repo: Path) -> None:
+    state = make_state(tmp_path, time.monotonic)  # type: ignore[arg-type]
+    try:
+        load(state, pipeline_yaml())
+        state.load([model(repo, "a"), model(repo, "b")])
+        models_loaded(state, "a", "b")
+        all_topics_exist(state)
+        for index in (0, 0):
+            worker(state, index, p=1)
+        worker(state, 1)  # a second worker joins: the units of some partitions are to move to it
+        soon = {u for u, r in state.routes().units.items() if r.soon}
+        assert soon and all(state.routes().units[u].owner == "local/0" for u in soon)
+        # nobody reports again: the scheduler publishes the move itself when its turn is due
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline and any(r.soon for r in state.routes().units.values()):
+            time.sleep(0.01)
+        routes = state.routes().units
+        assert not any(r.soon for r in routes.values())
+        assert any(routes[u].owner == "local/1" and routes[u].waiting == ["local/0"] for u in soon)
+    finally:
+        state.close()
