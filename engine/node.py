@@ -181,9 +181,9 @@ class DataNode:
         self._compiled: dict[str, tuple[str, int, PipelineGraph | str]] = {}
         # pipeline -> its partitions with a steady path -> their owner, for this table (see call)
         self._steady: dict[str, dict[int, str]] = {}
-        # pipeline -> (the partitions it is served on here, those new calls go to, whether those
-        # have a steady path), for this table
-        self._choice: dict[str, tuple[tuple[int, ...], tuple[int, ...], bool]] = {}
+        # pipeline -> (the partitions it is served on here, those of them with a steady path), for
+        # this table
+        self._choice: dict[str, tuple[tuple[int, ...], tuple[int, ...]]] = {}
 
     def _loopback(
         self,
@@ -445,22 +445,19 @@ class DataNode:
         deadline = self.loop.time() + (timeout if timeout is not None else limit)
         while True:
             partitions = self._serving(target, kind, name)
+            steady = True
             if kind == PIPELINE and partitions:
                 partitions, steady = self._steady_first(name, partitions)
-                # none of its partitions has a steady path (all in motion or about to move): a
-                # worker with one answers sooner than a handover here would
-                peer = None if steady or forwarded else self._steady_peer(name)
-                if peer is not None and self.forward is not None:
-                    return await self.forward(
-                        peer, target, request, headers, max(0.001, deadline - self.loop.time())
-                    )
-            if partitions:
+            peer = None
+            if not forwarded and not (partitions and steady):
+                # a worker serving a steady path of the pipeline (also when none of this worker's
+                # partitions has one: it answers sooner than a handover here), else any serving it
+                peer = self._steady_peer(name) if kind == PIPELINE else None
+                if not partitions:
+                    peer = peer or self._peer(kind, name)
+            if peer is None and partitions:
                 remaining = max(0.001, deadline - self.loop.time())
                 return await self.gateway.call(target, request, headers, remaining, partitions)
-            peer = None
-            if not forwarded:  # a worker serving a steady path of the pipeline, else any serving it
-                peer = self._steady_peer(name) if kind == PIPELINE else None
-                peer = peer or self._peer(kind, name)
             if peer is not None and self.forward is not None:
                 return await self.forward(
                     peer, target, request, headers, max(0.001, deadline - self.loop.time())
@@ -500,10 +497,11 @@ class DataNode:
         steady."""
         known = self._choice.get(pipeline)
         if known is not None and known[0] is partitions:
-            return known[1], known[2]
-        steady = self._steady_of(pipeline)
-        mine = tuple(p for p in partitions if steady.get(p) == self.me)
-        self._choice[pipeline] = (partitions, mine or partitions, bool(mine))
+            mine = known[1]
+        else:
+            steady = self._steady_of(pipeline)
+            mine = tuple(p for p in partitions if steady.get(p) == self.me)
+            self._choice[pipeline] = (partitions, mine)
         return mine or partitions, bool(mine)
 
     def _not_served(self, target: Target) -> str:

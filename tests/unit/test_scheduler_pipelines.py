@@ -5,6 +5,7 @@ from __future__ import annotations
 import itertools
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -67,7 +68,7 @@ def clock() -> Clock:
     return Clock()
 
 
-def make_state(tmp_path: Path, clock: Clock, timeout: float = 60.0) -> SchedulerState:
+def make_state(tmp_path: Path, clock: Callable[[], float], timeout: float = 60.0) -> SchedulerState:
     store = Store(tmp_path / "data" / "scheduler.db")
     servers = [ServerManifest(name="headrace", replicas=1)]
     return SchedulerState(
@@ -411,7 +412,7 @@ def conditions_of_model(state: SchedulerState, unit: str) -> str:
 
 
 def test_announced_moves_happen_when_due_without_waiting_for_a_report(tmp_path: Path, repo: Path) -> None:
-    state = make_state(tmp_path, time.monotonic)  # type: ignore[arg-type]
+    state = make_state(tmp_path, time.monotonic)
     try:
         load(state, pipeline_yaml())
         state.load([model(repo, "a"), model(repo, "b")])
