@@ -24,6 +24,8 @@ ERROR_HEADER: Final = "seldon-pipeline-errors"  # on error-topic records: the fa
 INFER_TYPE_HEADER: Final = "seldon-infer-type"
 ROUTE_HEADER: Final = "x-seldon-route"  # never passed on: it would confuse the routing
 EXTERNAL_HEADER_PREFIX: Final = "x-"
+# headrace's own: on a model's answer, the input record it answers (engine/dataflow/answers.py)
+SOURCE_HEADER: Final = "headrace-source"
 
 _TOPIC_PART = re.compile(r"^[A-Za-z0-9._-]+$")
 _INT = re.compile(r"[+-]?\d+")  # Kotlin's String.toIntOrNull, Unicode digits included

@@ -14,6 +14,7 @@ from headrace.config.errors import HeadraceError
 from headrace.engine import topics as t
 from headrace.engine.backbone.producer import Headers
 from headrace.engine.backbone.record import Record, Writer, headers_of
+from headrace.engine.dataflow.answers import SeenAnswers, source_of
 from headrace.engine.dataflow.batches import (
     BATCH_HEADER,
     BATCH_TRACE_HEADER,
@@ -53,6 +54,7 @@ class DataflowRunner:
         self.graphs: dict[str, tuple[PipelineGraph, str]] = {}  # name -> (graph, version)
         self.by_topic: dict[str, list[StepRoute]] = {}
         self.pipelines_of: dict[str, set[str]] = {}  # topic -> the pipelines whose routes read it
+        self.seen = SeenAnswers()  # model answers taken, so that one written twice is taken once
 
     def set_pipelines(self, graphs: dict[str, tuple[PipelineGraph, str]]) -> None:
         self.graphs = graphs
@@ -80,6 +82,13 @@ class DataflowRunner:
         if not routes:
             return []
         headers: Headers = headers_of(msg)
+        source = source_of(headers)
+        if source is not None:  # a model's answer: a copy written again after a takeover is dropped
+            partition, seen = msg.partition() or 0, self.seen
+            fresh = {p for p in {r.pipeline for r in routes} if seen.first(p, topic, partition, source)}
+            if not fresh:
+                return []
+            routes = [r for r in routes if r.pipeline in fresh]
         value = msg.value() or b""
         members = batch_members(headers) if topic.endswith(".outputs") else None
         if members is None:
@@ -143,11 +152,13 @@ class DataflowRunner:
         """Drop open joins (their source records stay uncommitted: a successor rebuilds them)."""
         self.joiner.close()
         self.batcher.close()
+        self.seen.clear()
 
     def release(self, pipeline: str, partition: int) -> None:
         """A pipeline's partition goes to another worker: its partial batches are written now and
         its open joins dropped (the new owner rebuilds them from the records handed to it)."""
         self.batcher.flush_pipeline(pipeline)
+        self.seen.forget(pipeline, partition)
         self.joiner.abandon(pipeline, lambda key: t.partition_of(key, self.partitions) == partition)
 
     def _emit_join(

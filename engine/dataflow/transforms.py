@@ -6,10 +6,17 @@ import enum
 from collections.abc import Iterable, Mapping
 
 from headrace.config.errors import InvalidInputError
-from headrace.engine.topics import INPUTS, OUTPUTS, PIPELINE_HEADER, PIPELINE_VERSION_HEADER
+from headrace.engine.topics import (
+    INPUTS,
+    OUTPUTS,
+    PIPELINE_HEADER,
+    PIPELINE_VERSION_HEADER,
+    SOURCE_HEADER,
+)
 
 ALIBI_HEADERS = ("x-seldon-alibi-type", "x-seldon-alibi-method")
-_DROPPED_HEADERS = frozenset({PIPELINE_HEADER, PIPELINE_VERSION_HEADER, *ALIBI_HEADERS})
+# (and an answer's source: the record written from it is not that answer, engine/dataflow/answers.py)
+_DROPPED_HEADERS = frozenset({PIPELINE_HEADER, PIPELINE_VERSION_HEADER, SOURCE_HEADER, *ALIBI_HEADERS})
 
 
 class ChainKind(enum.Enum):

@@ -13,11 +13,13 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import mmh3
 
 from headrace.config.errors import ErrorKind, HeadraceError
 from headrace.engine import topics as t
+from headrace.engine.backbone.loopback import HOP_HEADER
 from headrace.engine.backbone.record import Record, Writer, headers_of
 from headrace.gateway.dataplane import DataPlane
 from headrace.gateway.oip import grpc_codec
@@ -123,7 +125,11 @@ class ModelGateway:
             self.steps.step(model, headers_of(msg), began, message)
             return self._error(model, msg, message)
         self.calls.step_done(model, started, result.served_by, result.response.model_version, None)
-        headers = self.steps.step(model, headers_of(msg), began)  # telemetry hook: hop time, span
+        inputs = headers_of(msg)
+        headers = self.steps.step(model, inputs, began)  # telemetry hook: hop time, span
+        source = _source(inputs, msg.offset())
+        if source is not None:  # which input this answers: a pipeline drops a second answer to it
+            headers.append((t.SOURCE_HEADER, source))
         return self.producer.produce(self.topics.model_outputs(model), partition, key, value, headers)
 
     def _written(self, model: str, msg: Record, done: Callable[[], None], fut: asyncio.Future[None]) -> None:
@@ -146,6 +152,14 @@ class ModelGateway:
         for slot in self.slots.values():
             for task in slot.workers:
                 task.cancel()
+
+
+def _source(headers: list[tuple[str, Any]], offset: int | None) -> bytes | None:
+    """The input record's identity: its local-hop stamp (on the record in memory and on its copy in
+    Kafka alike), or else its offset in the partition."""
+    if headers and headers[0][0] == HOP_HEADER and isinstance(headers[0][1], bytes):
+        return bytes(headers[0][1])
+    return b"@%d" % offset if offset is not None and offset >= 0 else None
 
 
 def _log_failed_error(model: str, fut: asyncio.Future[None]) -> None:

@@ -17,8 +17,11 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from confluent_kafka import Consumer, TopicPartition
+from confluent_kafka import Consumer, Producer, TopicPartition
 from support import HEADRACE, SAMPLES, Serve
+
+from headrace.engine.gateways.model import slot_of
+from headrace.gateway.oip.pb import pb2
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(240)]
 
@@ -137,8 +140,8 @@ def grow_while_loaded(load: Load, before: int, more: int = 150, timeout: float =
     assert load.count() >= before + more, f"traffic stalled: {load.count() - before} answers"
 
 
-def answers_on_topic(s: Serve) -> collections.Counter[str]:
-    """How many records each request id has on demo's outputs topic (read from the start)."""
+def answers_on_topic(s: Serve, topic: str = OUTPUTS) -> collections.Counter[str]:
+    """How many records each request id has on a topic, demo's outputs unless told (read from the start)."""
     consumer = Consumer(
         {
             "bootstrap.servers": s.bootstrap,
@@ -147,8 +150,8 @@ def answers_on_topic(s: Serve) -> collections.Counter[str]:
         }
     )
     try:
-        meta = consumer.list_topics(OUTPUTS, timeout=10).topics[OUTPUTS]
-        parts = [TopicPartition(OUTPUTS, p, 0) for p in meta.partitions]
+        meta = consumer.list_topics(topic, timeout=10).topics[topic]
+        parts = [TopicPartition(topic, p, 0) for p in meta.partitions]
         ends = {p.partition: consumer.get_watermark_offsets(p, timeout=10)[1] for p in parts}
         consumer.assign(parts)
         seen: collections.Counter[str] = collections.Counter()
@@ -260,3 +263,76 @@ def test_loading_and_unloading_pipelines_under_load_fails_no_request(cluster: Se
             control(cluster, "pipeline", "unload", "other")
         grow_while_loaded(load, load.count(), more=80)
     check_every_answer(cluster, load)
+
+
+def test_a_worker_killed_outright_leaves_no_answer_written_twice(cluster: Serve) -> None:
+    """Async requests into demo, whose partitions (multiplier 1) are all on one worker while a step's
+    model is served by the other: that one is killed outright mid-load. Its successor calls the model
+    again for the records since the last commit, writing those answers twice to the model's outputs
+    topic, and demo's worker takes each once: its outputs topic has every request's answer once."""
+    control(cluster, "sharding", "set", "--max-shard-count-multiplier", "1")
+    settle(cluster, lambda st: st["shards"] == 1 and st["dataflow"]["used"] == 1, "multiplier 1")
+    deadline = time.monotonic() + 30
+    while True:  # the table the workers serve by (written once they take it)
+        owners = {unit: route.get("owner") for unit, route in cached_routes(cluster)["units"].items()}
+        demo = {w for u, w in owners.items() if u.startswith("pipeline:demo:")}
+        if len(demo) == 1 or time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
+    [kept] = demo
+    slots = {f"modelgw:{slot_of(m, 100)}:" for m in ("echo", "sum")}
+    # a worker holds at most two of the three resources' shares: the other holds a step's model
+    [victim] = {w for u, w in owners.items() if w != kept and any(u.startswith(s) for s in slots)}
+    producer = Producer({"bootstrap.servers": cluster.bootstrap, "linger.ms": 1})
+    sent: list[str] = []
+
+    def send(seconds: float) -> None:
+        end = time.monotonic() + seconds
+        while time.monotonic() < end:
+            rid = f"kill-{len(sent)}-{uuid.uuid4().hex[:8]}"
+            req = pb2.ModelInferRequest(model_name="demo", id=rid)
+            req.inputs.add(name="x", datatype="INT64", shape=[1, 2]).contents.int64_contents.extend([1, 2])
+            partition = len(sent) % 8
+            producer.produce(
+                "seldon.default.pipeline.demo.inputs",
+                req.SerializeToString(),
+                key=f"{partition}.demo.{rid}",
+                partition=partition,
+                headers=[("pipeline", b"demo"), ("x-request-id", rid.encode())],
+            )
+            sent.append(rid)
+            producer.poll(0)
+            time.sleep(0.004)
+
+    try:
+        send(2.0)
+        pid = children_of(cluster)[f"worker {victim.rsplit('/', 1)[1]}"]
+        os.kill(pid, signal.SIGKILL)  # no drain, no handover: what it had not committed is handled again
+        send(2.0)
+        assert producer.flush(10) == 0
+    finally:
+        producer.close()
+    deadline = time.monotonic() + 90
+    on_topic = answers_on_topic(cluster)
+    while any(rid not in on_topic for rid in sent) and time.monotonic() < deadline:
+        time.sleep(1.0)
+        on_topic = answers_on_topic(cluster)
+    missing = [rid for rid in sent if rid not in on_topic]
+    assert not missing, f"{len(missing)} of {len(sent)} never answered: {missing[:5]}\n{cluster.log_text()}"
+    twice = {rid: n for rid, n in on_topic.items() if n > 1}
+    assert not twice, f"answers written more than once: {list(twice.items())[:10]}"
+    # the replay did happen: the victim's model has answers written twice on its own topic
+    model = next(m for m in ("echo", "sum") if owners[f"modelgw:{slot_of(m, 100)}:0"] == victim)
+    answered = answers_on_topic(cluster, f"seldon.default.model.{model}.outputs")
+    ours = set(sent)
+    assert any(n > 1 for rid, n in answered.items() if rid in ours), "nothing was handled again"
+
+
+def cached_routes(s: Serve) -> dict:
+    routes: dict = json.loads((s.data_dir / "run" / "routes.json").read_text())
+    return routes
+
+
+def children_of(s: Serve) -> dict[str, int]:
+    table: dict[str, int] = json.loads((s.data_dir / "run" / "children.json").read_text())
+    return table
