@@ -19,6 +19,7 @@ import argparse
 import collections
 import math
 import os
+import shutil
 import signal
 import statistics
 import tempfile
@@ -213,6 +214,8 @@ class Live:
                     window.during.append(during)
         finally:
             server.stop()
+            if self.args.keep_log is not None:
+                shutil.copyfile(self.work / "headrace.log", self.args.keep_log)
         return windows
 
     def _multiplier(self, n: int) -> None:
@@ -327,6 +330,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--warmup", type=float, default=3.0)
     p.add_argument("--repeats", type=int, default=2)
     p.add_argument("--only", default="placement,live", help="placement,live")
+    p.add_argument("--keep-log", type=Path, help="copy the live server's log here (handover and take phases)")
     args = p.parse_args(argv)
     only = set(args.only.split(","))
     first, changes, windows = 0.0, [], []
