@@ -141,6 +141,7 @@ class DataNode:
             max_consumers=settings.modelgateway_max_num_consumers,
             worker_timeout_s=settings.modelgateway_worker_timeout_ms / 1000,
             workers_for=self._gateway_workers,
+            hold=self.consumer.hold,
         )
         self.dataflow = DataflowRunner(
             self.writer, settings.partitions, self._dataflow_error, loop, self.topics.errors

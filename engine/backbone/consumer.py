@@ -57,6 +57,8 @@ class PartitionConsumer:
         self._assigned: set[TP] = set()  # consumer thread only
         self._next: dict[TP, int] = {}  # consumer thread only: the offset after the last record handed on
         self._known: set[str] = set()  # consumer thread only: topics whose leaders it was told
+        self._hold: frozenset[str] = frozenset()  # topics not to fetch for now (under the lock)
+        self._paused: set[TP] = set()  # consumer thread only: the pairs it paused
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="kafka-consumer", daemon=True)
         self._consumer: Consumer | None = None
@@ -95,6 +97,14 @@ class PartitionConsumer:
             self._changes.append(_Change(drop=set(tps), done=fut, release=True))
         return fut
 
+    def hold(self, topics: frozenset[str]) -> None:
+        """Fetch nothing more of these topics' pairs until they are no longer held (backpressure: a
+        model-gateway slot with more records queued than it may hold); the others go on. Applied on
+        the consumer thread before its next poll; a held pair keeps its place (``release`` answers
+        where it had got to, and a record already fetched may still be handed on)."""
+        with self._lock:
+            self._hold = topics
+
     def stop(self) -> None:
         self._stop.set()
         if self._thread.is_alive():
@@ -128,6 +138,7 @@ class PartitionConsumer:
     def _apply(self, consumer: Consumer) -> None:
         with self._lock:
             changes, self._changes = self._changes, []
+            hold = self._hold
         for change in changes:
             try:
                 result = self._apply_one(consumer, change)
@@ -140,11 +151,32 @@ class PartitionConsumer:
                 self._loop.call_soon_threadsafe(change.applied)
             if change.done is not None:
                 self._loop.call_soon_threadsafe(_resolve, change.done, result if change.release else None)
+        self._pause(consumer, hold)
+
+    def _pause(self, consumer: Consumer, hold: frozenset[str]) -> None:
+        """Pause the assigned pairs of held topics, resume those no longer held."""
+        if not hold and not self._paused:
+            return
+        wanted = {tp for tp in self._assigned if tp[0] in hold}
+        if wanted == self._paused:
+            return
+        try:
+            if wanted - self._paused:
+                consumer.pause([TopicPartition(t, p) for t, p in sorted(wanted - self._paused)])
+            if self._paused - wanted:
+                consumer.resume([TopicPartition(t, p) for t, p in sorted(self._paused - wanted)])
+        except KafkaException as exc:
+            log.warning("pausing or resuming failed: %s", exc)
+            return
+        self._paused = wanted
 
     def _apply_one(self, consumer: Consumer, change: _Change) -> dict[TP, int]:
         drop = {tp for tp in change.drop if tp in self._assigned and tp not in change.add}
         reached = {tp: self._next[tp] for tp in drop if tp in self._next}
         rewind = {tp for tp, o in change.add.items() if tp in self._assigned and o < self._next.get(tp, 0)}
+        if self._paused & (drop | rewind):  # resumed first: a pair assigned again is fetched
+            consumer.resume([TopicPartition(t, p) for t, p in sorted(self._paused & (drop | rewind))])
+            self._paused -= drop | rewind
         if drop | rewind:
             consumer.incremental_unassign([TopicPartition(t, p) for t, p in sorted(drop | rewind)])
             self._assigned -= drop | rewind

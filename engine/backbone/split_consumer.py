@@ -49,6 +49,11 @@ class SplitConsumer:
         if self.prompt_consumer is not None and self.prompt_consumer.started:
             self.prompt_consumer.stop()
 
+    def hold(self, topics: frozenset[str]) -> None:
+        """Fetch nothing more of these topics until told otherwise, on either side (backpressure)."""
+        for side in self._sides():
+            side.hold(topics)
+
     def reading(self, prompt: bool) -> frozenset[TP]:
         """The pairs read now by the prompt (True) or the bulk (False) consumer."""
         side = self.prompt_consumer if prompt else self.bulk

@@ -32,11 +32,21 @@ from headrace.gateway.telemetry.tracing import StepTelemetry
 log = logging.getLogger("headrace.modelgw")
 
 
+#: A slot holding more records than this (or bytes than HOLD_BYTES) queued asks that its models'
+#: inputs topics be fetched no more until it is down to half (backpressure): a backlog on a topic (an
+#: async writer's, or what a restarted worker finds) stays in Kafka instead of in memory.
+HOLD_RECORDS = 1000
+HOLD_BYTES = 64 * 1024 * 1024
+
+
 @dataclass(slots=True)
 class Slot:
     queue: asyncio.Queue[tuple[str, Record, Callable[[], None]]] = field(default_factory=asyncio.Queue)
     workers: list[asyncio.Task[None]] = field(default_factory=list)
     busy: int = 0  # records taken off the queue and being called (for metrics)
+    queued_bytes: int = 0
+    models: set[str] = field(default_factory=set)  # whose records it took
+    full: bool = False  # it asked for its models' topics to be held
 
 
 def slot_of(model: str, max_consumers: int) -> int:
@@ -54,6 +64,7 @@ class ModelGateway:
         max_consumers: int = 100,
         worker_timeout_s: float = 120.0,
         workers_for: Callable[[str], int | None] | None = None,
+        hold: Callable[[frozenset[str]], None] | None = None,
     ) -> None:
         self.topics = topics
         self.producer = producer
@@ -62,6 +73,7 @@ class ModelGateway:
         self.max_consumers = max_consumers
         self.worker_timeout_s = worker_timeout_s
         self.workers_for = workers_for
+        self.hold = hold  # told the inputs topics not to fetch for now (the consumer's hold)
         self.slots: dict[int | str, Slot] = {}  # hash slot index, or a model with its own workers
         # metrics and tracing hooks (gateway/telemetry): the steps' model calls, hop times, spans
         self.calls = FrontDoor(getattr(dataplane, "registry", None))
@@ -81,6 +93,19 @@ class ModelGateway:
         while len(slot.workers) < count:  # grows only: a worker is never cancelled mid-record
             slot.workers.append(asyncio.ensure_future(self._work(slot)))
         slot.queue.put_nowait((model, msg, done))
+        slot.queued_bytes += len(msg.value() or b"")
+        if model not in slot.models:
+            slot.models.add(model)
+            if slot.full:
+                self._held()
+        if not slot.full and (slot.queue.qsize() > HOLD_RECORDS or slot.queued_bytes > HOLD_BYTES):
+            slot.full = True
+            self._held()
+
+    def _held(self) -> None:
+        if self.hold is not None:
+            full = (s for s in self.slots.values() if s.full)
+            self.hold(frozenset(self.topics.model_inputs(m) for s in full for m in s.models))
 
     def in_flight(self) -> dict[int | str, int]:
         """Records queued or being handled, per slot (for metrics and tests)."""
@@ -90,6 +115,10 @@ class ModelGateway:
         while True:
             model, msg, done = await slot.queue.get()
             slot.busy += 1
+            slot.queued_bytes -= len(msg.value() or b"")
+            if slot.full and slot.queue.qsize() <= HOLD_RECORDS // 2 and slot.queued_bytes <= HOLD_BYTES // 2:
+                slot.full = False
+                self._held()
             try:
                 written = await self._handle(model, msg)
             except Exception:  # never let one record kill the worker

@@ -151,3 +151,63 @@ def test_the_applied_hook_runs_between_the_old_copies_and_the_rewound_ones(kafka
     hook = asked[1]
     assert seen[:hook] == expected[:hook], "the old reading is not in order"
     assert seen[hook:] == expected, "an old copy came after the hook, or a rewound one before it"
+
+
+def test_a_held_topic_is_not_fetched_until_let_go_and_loses_nothing(kafka_bootstrap: str) -> None:
+    """Backpressure: while a topic is held its pairs fetch nothing new (the other topic's go on); let
+    go, they resume where they were; a held pair released answers where it had got to."""
+    held, other = f"held-{uuid.uuid4().hex[:8]}", f"other-{uuid.uuid4().hex[:8]}"
+    for topic in (held, other):
+        create_topic(kafka_bootstrap, topic, 1)
+    settings = Settings(kafka_bootstrap=kafka_bootstrap)
+    producer = Producer(producer_config(settings))
+    seen: dict[str, list[int]] = {held: [], other: []}
+
+    def handed(msgs: list[Message]) -> None:
+        for msg in msgs:
+            if msg.error() is None:
+                seen[msg.topic() or ""].append(int(msg.value() or b"-1"))
+
+    def write(start: int, count: int) -> None:
+        for i in range(start, start + count):
+            for topic in (held, other):
+                producer.produce(topic, value=str(i).encode(), key=f"0.k.{i}".encode(), partition=0)
+        producer.flush(15)
+
+    async def until(check: Any, timeout: float = 20) -> None:
+        deadline = asyncio.get_running_loop().time() + timeout
+        while not check() and asyncio.get_running_loop().time() < deadline:
+            await asyncio.sleep(0.05)
+
+    async def run() -> dict[Any, int]:
+        loop = asyncio.get_running_loop()
+        split = SplitConsumer(PartitionConsumer(consumer_config(settings, f"g-{held}"), loop, handed))
+        split.start()
+        try:
+            await split.change(add={(held, 0): 0, (other, 0): 0})
+            write(0, 50)
+            await until(lambda: len(seen[held]) == len(seen[other]) == 50)
+            split.hold(frozenset({held}))
+            await asyncio.sleep(0.3)  # applied before the consumer's next poll
+            write(50, 50)
+            await until(lambda: len(seen[other]) == 100)
+            await asyncio.sleep(1.0)
+            assert len(seen[other]) == 100 and len(seen[held]) == 50, "a held topic was fetched"
+            split.hold(frozenset())
+            await until(lambda: len(seen[held]) == 100)
+            split.hold(frozenset({held}))
+            await asyncio.sleep(0.3)
+            write(100, 10)
+            await until(lambda: len(seen[other]) == 110)
+            reached = await split.bulk.release([(held, 0)])
+            return reached
+        finally:
+            await loop.run_in_executor(None, split.stop)
+
+    try:
+        reached = asyncio.run(run())
+    finally:
+        producer.close()
+    assert seen[held] == list(range(100)), "each record of the held topic once, in order"
+    assert seen[other] == list(range(110))
+    assert reached == {(held, 0): 100}  # its next reader starts at the first record not handed on

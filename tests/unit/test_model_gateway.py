@@ -6,7 +6,7 @@ import asyncio
 from typing import Any
 
 from headrace.engine import topics as t
-from headrace.engine.gateways.model import ModelGateway, slot_of
+from headrace.engine.gateways.model import HOLD_BYTES, HOLD_RECORDS, ModelGateway, slot_of
 from headrace.gateway.oip.pb import pb2
 from headrace.gateway.oip.types import InferRequest, InferResponse
 from headrace.gateway.runtime.client import InferResult
@@ -137,3 +137,52 @@ def test_models_sharing_a_slot_share_its_workers() -> None:
         gw.close()
 
     asyncio.run(run())
+
+
+def test_a_slot_with_too_many_records_queued_holds_its_models_topics_until_half_drained() -> None:
+    async def run() -> list[frozenset[str]]:
+        slow, fast = "slowpoke", "quick"
+        gate = asyncio.Event()
+        dataplane, producer, done = FakeDataPlane(slow, gate), FakeProducer(), Done()
+        held: list[frozenset[str]] = []
+        gw = ModelGateway(
+            TOPICS, producer, dataplane,  # type: ignore[arg-type]
+            num_workers=2, max_consumers=100, hold=held.append,
+        )  # fmt: skip
+        assert slot_of(slow, 100) != slot_of(fast, 100)
+        for i in range(HOLD_RECORDS + 10):
+            gw.submit(slow, FakeMessage(slow, i), done)  # type: ignore[arg-type]
+        gw.submit(fast, FakeMessage(fast, 99_999), done)  # type: ignore[arg-type]
+        for _ in range(20):
+            await asyncio.sleep(0)
+        assert held == [frozenset({TOPICS.model_inputs(slow)})]  # only the backed-up slot's model
+        assert (TOPICS.model_outputs(fast), b"0.m.99999") in producer.records  # the other slot goes on
+        gate.set()
+        for _ in range(HOLD_RECORDS * 4):
+            await asyncio.sleep(0)
+            if done.count == HOLD_RECORDS + 11:
+                break
+        assert done.count == HOLD_RECORDS + 11
+        gw.close()
+        return held
+
+    held = asyncio.run(run())
+    assert held[-1] == frozenset()  # fetched again once the queue was down to half
+
+
+def test_a_slot_holds_on_bytes_queued_too() -> None:
+    async def run() -> list[frozenset[str]]:
+        gate = asyncio.Event()
+        dataplane, producer, done = FakeDataPlane("big", gate), FakeProducer(), Done()
+        held: list[frozenset[str]] = []
+        gw = ModelGateway(TOPICS, producer, dataplane, hold=held.append)  # type: ignore[arg-type]
+        msg = FakeMessage("big", 0)
+        msg._value = msg._value + b"\0" * (HOLD_BYTES // 8)  # trailing bytes: never decoded
+        for _ in range(10):
+            gw.submit("big", msg, done)  # type: ignore[arg-type]
+        held_then = list(held)
+        gate.set()
+        gw.close()
+        return held_then
+
+    assert asyncio.run(run()) == [frozenset({TOPICS.model_inputs("big")})]
