@@ -9,7 +9,8 @@ The same code with other options on one side: `--base HEAD --new-args '--workers
 A 3-step echo chain (chain3) at c=64 unless told otherwise; `--all-pipelines` loads the pipeline
 bench's set too (chains of 1 to 5 steps and a diamond), whose topics every worker reads. Prints each
 pair and the ratio new/base per pair (median, min-max): a ratio near 1 with a spread wider than the
-change is noise.
+change is noise. Each side's CPU per request (its process group: workers, model servers, broker) is
+printed too: on a machine whose neighbours take CPU by the minute it moves less than throughput.
 """
 
 from __future__ import annotations
@@ -79,8 +80,11 @@ def main() -> None:
             for server, base in servers.values():
                 wait_ready(server, f"{base}/v2/pipelines/{args.pipeline}/ready", 240.0)
 
+            cpu: dict[str, list[float]] = {"base": [], "new": []}  # ms of CPU per request
+
             def measure(build: str, seconds: float) -> float:
-                base = servers[build][1]
+                server, base = servers[build]
+                before = server.cpu_seconds()
                 m = run_wrk(
                     "wrk",
                     f"{base}/v2/pipelines/{args.pipeline}/infer",
@@ -94,25 +98,33 @@ def main() -> None:
                 )
                 if m.errors:
                     raise SystemExit(f"{build}: {m.errors} errors ({m.error_detail})")
+                cpu[build].append((server.cpu_seconds() - before) * 1000 / max(1, m.requests))
                 return m.rps
 
             for build in servers:
                 measure(build, args.warmup)
+            cpu = {"base": [], "new": []}
             rps: dict[str, list[float]] = {"base": [], "new": []}
             for k in range(args.pairs):
                 for build in ("base", "new") if k % 2 == 0 else ("new", "base"):
                     rps[build].append(measure(build, args.duration))
-                last = f"base {rps['base'][-1]:8.0f} RPS   new {rps['new'][-1]:8.0f} RPS"
+                last = (
+                    f"base {rps['base'][-1]:8.0f} RPS {cpu['base'][-1]:5.2f} ms CPU/req   "
+                    f"new {rps['new'][-1]:8.0f} RPS {cpu['new'][-1]:5.2f} ms CPU/req"
+                )
                 print(f"pair {k + 1}: {last}", flush=True)
         finally:
             for server, _ in servers.values():
                 server.stop()
     ratios = [n / b for n, b in zip(rps["new"], rps["base"], strict=True)]
+    costs = [n / b for n, b in zip(cpu["new"], cpu["base"], strict=True)]
     print(
         f"{args.pipeline} c={args.conns}, {args.pairs} pairs: base {statistics.mean(rps['base']):.0f} RPS, "
         f"new {statistics.mean(rps['new']):.0f} RPS; new/base per pair median "
         f"{statistics.median(ratios):.3f} "
-        f"(min {min(ratios):.3f}, max {max(ratios):.3f})"
+        f"(min {min(ratios):.3f}, max {max(ratios):.3f}); CPU per request (the server's processes, "
+        f"broker included) new/base median {statistics.median(costs):.3f} "
+        f"(min {min(costs):.3f}, max {max(costs):.3f})"
     )
 
 
