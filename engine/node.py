@@ -141,7 +141,7 @@ class DataNode:
             max_consumers=settings.modelgateway_max_num_consumers,
             worker_timeout_s=settings.modelgateway_worker_timeout_ms / 1000,
             workers_for=self._gateway_workers,
-            hold=self.consumer.hold,
+            hold=self._hold,
         )
         self.dataflow = DataflowRunner(
             self.writer, settings.partitions, self._dataflow_error, loop, self.topics.errors
@@ -377,6 +377,11 @@ class DataNode:
             "released": dict(self.keeper.released),
             "leaving": self.leaving,
         }
+
+    def _hold(self, inputs: frozenset[str]) -> None:
+        """Backpressure from full model-gateway slots: hold their models' inputs topics and every
+        topic that feeds them (a pipeline's inputs feed its first step in memory, past the consumer)."""
+        self.consumer.hold(self.dataflow.feeding(inputs, self.topics) if inputs else frozenset())
 
     def _gateway_workers(self, model: str) -> int | None:
         route = self.table.models.get(model)

@@ -28,6 +28,10 @@ LEADERS_TIMEOUT_S = 2.0
 #: poll to end, after the changes asked before it: at a multiplier change a dozen units move at
 #: once, and 50 ms polls made the last take wait ~200 ms.
 POLL_S = 0.01
+#: Batches handed to the loop and not yet handled: the thread waits (applying changes meanwhile)
+#: rather than run ahead of a busy loop, so what librdkafka fetched stays bounded there, not in
+#: the loop's queue (where a hold could not stop it).
+AHEAD = 4
 TP = tuple[str, int]
 
 
@@ -60,6 +64,7 @@ class PartitionConsumer:
         self._hold: frozenset[str] = frozenset()  # topics not to fetch for now (under the lock)
         self._paused: set[TP] = set()  # consumer thread only: the pairs it paused
         self._stop = threading.Event()
+        self._ahead = threading.Semaphore(AHEAD)
         self._thread = threading.Thread(target=self._run, name="kafka-consumer", daemon=True)
         self._consumer: Consumer | None = None
 
@@ -118,22 +123,31 @@ class PartitionConsumer:
             self._learn_leaders(consumer)  # before any assignment: the topics there are now
             while not self._stop.is_set():
                 self._apply(consumer)
+                if not self._ahead.acquire(timeout=POLL_S):
+                    continue  # the loop is behind: wait for it, applying changes meanwhile
                 # consume(n, t) waits for a full batch or the timeout: block for the first record
                 # only, then take whatever else is already here (briefly: a change asked for
                 # meanwhile waits for the poll to end)
                 first = consumer.poll(POLL_S)
                 if first is None:
+                    self._ahead.release()
                     continue
                 msgs = [first, *consumer.consume(self._batch - 1, 0)] if self._batch > 1 else [first]
                 nxt = self._next
                 for msg in msgs:
                     if msg.error() is None:
                         nxt[(msg.topic() or "", msg.partition() or 0)] = (msg.offset() or 0) + 1
-                self._loop.call_soon_threadsafe(self._handler, msgs)
+                self._loop.call_soon_threadsafe(self._hand_on, msgs)
         except Exception:
             log.exception("consumer thread failed")
         finally:
             consumer.close()
+
+    def _hand_on(self, msgs: list[Message]) -> None:
+        try:
+            self._handler(msgs)
+        finally:
+            self._ahead.release()
 
     def _apply(self, consumer: Consumer) -> None:
         with self._lock:

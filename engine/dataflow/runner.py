@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 
 from headrace.config.errors import HeadraceError
 from headrace.engine import topics as t
@@ -67,6 +67,26 @@ class DataflowRunner:
 
     def topics(self) -> set[str]:
         return set(self.by_topic)
+
+    def feeding(self, topics: Iterable[str], names: t.Topics) -> frozenset[str]:
+        """These topics and every topic whose records reach them, through the pipelines' routes and
+        their steps' models (a model's outputs come from its inputs): what to hold so that no more
+        records flow into them, in memory or through Kafka."""
+        sources: dict[str, set[str]] = {}
+        for source, routes in self.by_topic.items():
+            for route in routes:
+                sources.setdefault(route.sink_topic, set()).add(source)
+        out, todo = set(topics), list(topics)
+        while todo:
+            topic = todo.pop()
+            ups = set(sources.get(topic, ()))
+            ref = names.parse(topic)
+            if ref is not None and ref.kind == t.MODEL and ref.direction == t.OUTPUTS:
+                ups.add(names.model_inputs(ref.name))
+            for up in ups - out:
+                out.add(up)
+                todo.append(up)
+        return frozenset(out)
 
     def handles(self, topic: str) -> bool:
         return topic in self.by_topic

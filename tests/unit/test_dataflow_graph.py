@@ -455,3 +455,27 @@ def test_a_cyclic_pipeline_counts_visits_on_its_steps_with_the_default_cap() -> 
     assert {r.max_visits for rs in capped.routes.values() for r in rs if r.role == "step"} == {3}
     acyclic = compiled("  steps:\n  - name: a\n  - name: b\n    inputs: [a]\n")
     assert {r.max_visits for rs in acyclic.routes.values() for r in rs} == {0}
+
+
+def test_what_feeds_a_step_is_every_topic_upstream_through_routes_and_models() -> None:
+    """Backpressure on a backed-up step holds everything that leads to it: its upstream steps' topics
+    and the pipeline's inputs, not the steps after it nor other pipelines."""
+    import asyncio
+
+    from headrace.engine.dataflow.runner import DataflowRunner
+
+    loop = asyncio.new_event_loop()
+    try:
+        runner = DataflowRunner(None, 8, lambda m, e: None, loop, ERRORS)  # type: ignore[arg-type]
+        chain = "  steps:\n  - name: a\n  - name: b\n    inputs: [a]\n  - name: c\n    inputs: [b]\n"
+        other = "  steps:\n  - name: z\n"
+        runner.set_pipelines(
+            {
+                "p": (compiled(chain + "  output:\n    steps: [c]\n", "p"), "1"),
+                "q": (compiled(other + "  output:\n    steps: [z]\n", "q"), "1"),
+            }
+        )
+        held = runner.feeding({f"{M}b.inputs"}, TOPICS)
+    finally:
+        loop.close()
+    assert held == {f"{M}b.inputs", f"{M}a.outputs", f"{M}a.inputs", f"{P}p.inputs"}
