@@ -381,7 +381,7 @@ class DataNode:
     def _hold(self, inputs: frozenset[str]) -> None:
         """Backpressure from full model-gateway slots: hold their models' inputs topics and every
         topic that feeds them (a pipeline's inputs feed its first step in memory, past the consumer)."""
-        self.consumer.hold(self.dataflow.feeding(inputs, self.topics) if inputs else frozenset())
+        self.consumer.hold(self.dataflow.feeding(inputs, self.topics))
 
     def _gateway_workers(self, model: str) -> int | None:
         route = self.table.models.get(model)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import random
 import re
@@ -252,6 +253,12 @@ class Serve:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(self.proc.pid, signal.SIGKILL)  # anything left in the group
         return self.proc.returncode
+
+
+def children(s: Serve) -> dict[str, int]:
+    """The served instance's children by role ("worker 0", "scheduler", ...) -> pid."""
+    table: dict[str, int] = json.loads((s.data_dir / "run" / "children.json").read_text())
+    return table
 
 
 @pytest.fixture

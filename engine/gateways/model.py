@@ -186,8 +186,8 @@ class ModelGateway:
 def _source(headers: list[tuple[str, Any]], offset: int | None) -> bytes | None:
     """The input record's identity: its local-hop stamp (on the record in memory and on its copy in
     Kafka alike), or else its offset in the partition."""
-    if headers and headers[0][0] == HOP_HEADER and isinstance(headers[0][1], bytes):
-        return bytes(headers[0][1])
+    if headers and headers[0][0] == HOP_HEADER and isinstance(stamp := headers[0][1], bytes):
+        return stamp
     return b"@%d" % offset if offset is not None and offset >= 0 else None
 
 

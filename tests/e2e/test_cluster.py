@@ -11,7 +11,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from support import SAMPLES, Serve, http_get
+from support import SAMPLES, Serve, children, http_get
 from test_rebalance import PIPELINES, Load, check_every_answer, control, grow_while_loaded, settle
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(300)]
@@ -33,11 +33,6 @@ def instances(status: dict) -> dict[str, int]:
         if w["units"]:
             out[w["instance"]] = out.get(w["instance"], 0) + w["units"]
     return out
-
-
-def children(s: Serve) -> dict[str, int]:
-    table: dict[str, int] = json.loads((s.data_dir / "run" / "children.json").read_text())
-    return table
 
 
 @pytest.fixture

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess
@@ -13,7 +12,7 @@ from pathlib import Path
 
 import orjson
 import pytest
-from support import HEADRACE, SAMPLES, Serve, http_get, http_post
+from support import HEADRACE, SAMPLES, Serve, children, http_get, http_post
 
 pytestmark = pytest.mark.e2e
 
@@ -63,10 +62,6 @@ def cli(s: Serve, *args: str, check: bool = True) -> subprocess.CompletedProcess
     if check:
         assert proc.returncode == 0, proc.stdout + proc.stderr
     return proc
-
-
-def children(s: Serve) -> dict[str, int]:
-    return json.loads((s.data_dir / "run" / "children.json").read_text())
 
 
 def wait_new_pid(s: Serve, name: str, old: int, timeout: float = 5.0) -> tuple[int, float]:

@@ -22,7 +22,7 @@ import pytest
 import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
 from sklearn.linear_model import LogisticRegression
-from support import HEADRACE, SAMPLES, Serve, http_post
+from support import HEADRACE, SAMPLES, Serve, children, http_post
 
 pytestmark = pytest.mark.e2e
 
@@ -64,10 +64,6 @@ def cli(s: Serve, *args: str, check: bool = True) -> subprocess.CompletedProcess
 
 def cli_json(s: Serve, *args: str) -> Any:
     return json.loads(cli(s, *args, "-o", "json").stdout)
-
-
-def children(s: Serve) -> dict[str, int]:
-    return json.loads((s.data_dir / "run" / "children.json").read_text())
 
 
 def model_yaml(name: str, folder: Path, **spec: Any) -> str:

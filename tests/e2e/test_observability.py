@@ -4,7 +4,6 @@ hops (a tiny OTLP/HTTP receiver), JSON log lines with the request id."""
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import signal
@@ -21,7 +20,7 @@ import grpc
 import orjson
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
-from support import SAMPLES, Serve, free_port, http_post, read_keys
+from support import SAMPLES, Serve, children, free_port, http_post, read_keys
 from tritonclient.grpc import service_pb2 as pb2
 from tritonclient.grpc import service_pb2_grpc as pb2_grpc
 
@@ -53,10 +52,6 @@ def total(samples: Samples, name: str, **labels: str) -> float:
     """The sum of ``name``'s samples whose labels include ``labels``."""
     want = set(labels.items())
     return sum(v for (n, ls), v in samples.items() if n == name and want <= set(ls))
-
-
-def children(s: Serve) -> dict[str, int]:
-    return json.loads((s.data_dir / "run" / "children.json").read_text())  # type: ignore[no-any-return]
 
 
 def rest_echo(

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 from confluent_kafka import Consumer, Producer, TopicPartition
-from support import HEADRACE, SAMPLES, Serve
+from support import HEADRACE, SAMPLES, Serve, children
 
 from headrace.engine.gateways.model import slot_of
 from headrace.gateway.oip.pb import pb2
@@ -306,7 +306,7 @@ def test_a_worker_killed_outright_leaves_no_answer_written_twice(cluster: Serve)
 
     try:
         send(2.0)
-        pid = children_of(cluster)[f"worker {victim.rsplit('/', 1)[1]}"]
+        pid = children(cluster)[f"worker {victim.rsplit('/', 1)[1]}"]
         os.kill(pid, signal.SIGKILL)  # no drain, no handover: what it had not committed is handled again
         send(2.0)
         assert producer.flush(10) == 0
@@ -331,8 +331,3 @@ def test_a_worker_killed_outright_leaves_no_answer_written_twice(cluster: Serve)
 def cached_routes(s: Serve) -> dict:
     routes: dict = json.loads((s.data_dir / "run" / "routes.json").read_text())
     return routes
-
-
-def children_of(s: Serve) -> dict[str, int]:
-    table: dict[str, int] = json.loads((s.data_dir / "run" / "children.json").read_text())
-    return table

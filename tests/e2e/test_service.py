@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import signal
 import socket
@@ -15,7 +14,7 @@ from pathlib import Path
 
 import orjson
 import pytest
-from support import SAMPLES, Serve, http_get, http_post
+from support import SAMPLES, Serve, children, http_get, http_post
 
 pytestmark = pytest.mark.e2e
 
@@ -111,10 +110,6 @@ def test_systemd_notify_ready_watchdog_stopping(
     assert stopping_at - sent < 2.0
     assert stopping["STATUS"].startswith("stopping")
     assert proc.wait(30) == 0
-
-
-def children(s: Serve) -> dict[str, int]:
-    return json.loads((s.data_dir / "run" / "children.json").read_text())
 
 
 def jvm_of(broker_pid: int) -> int:

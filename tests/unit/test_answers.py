@@ -6,6 +6,7 @@ import asyncio
 from typing import Any
 
 import pytest
+from records import FakeRecord
 
 from headrace.config.pipelines import parse_pipelines
 from headrace.engine import topics as t
@@ -53,35 +54,13 @@ class Written:
         return fut
 
 
-class Msg:
-    def __init__(
-        self, topic: str, offset: int, headers: list[tuple[str, Any]], key: bytes = b"3.p.r1"
-    ) -> None:
-        self._topic, self._offset, self._headers, self._key = topic, offset, headers, key
-        req = pb2.ModelInferResponse(model_name="a")
-        req.outputs.add(name="y", datatype="INT64", shape=[1]).contents.int64_contents.append(5)
-        self._value = req.SerializeToString()
-
-    def topic(self) -> str:
-        return self._topic
-
-    def partition(self) -> int:
-        return 3
-
-    def offset(self) -> int:
-        return self._offset
-
-    def key(self) -> bytes:
-        return self._key
-
-    def value(self) -> bytes:
-        return self._value
-
-    def headers(self) -> list[tuple[str, Any]]:
-        return self._headers
-
-    def error(self) -> None:
-        return None
+def answer(offset: int, headers: list[tuple[str, Any]]) -> FakeRecord:
+    """A record of a's outputs topic, partition 3: a's answer to one request."""
+    resp = pb2.ModelInferResponse(model_name="a")
+    resp.outputs.add(name="y", datatype="INT64", shape=[1]).contents.int64_contents.append(5)
+    return FakeRecord(
+        A_OUT, resp.SerializeToString(), partition=3, offset=offset, key=b"3.p.r1", headers=headers
+    )
 
 
 class Echo:
@@ -110,10 +89,11 @@ def test_the_model_gateway_names_the_input_each_answer_is_for() -> None:
         inputs = TOPICS.model_inputs("a")
         req = pb2.ModelInferRequest(model_name="a")
         req.inputs.add(name="x", datatype="INT64", shape=[1]).contents.int64_contents.append(1)
-        plain = Msg(inputs, 41, [("pipeline", b"p")])
-        stamped = Msg(inputs, -1, [(HOP_HEADER, b"9f2:17"), ("pipeline", b"p")])  # handed over in memory
-        for m in (plain, stamped):
-            m._value = req.SerializeToString()
+        value = req.SerializeToString()
+        plain = FakeRecord(inputs, value, partition=3, offset=41, headers=[("pipeline", b"p")])
+        stamped = FakeRecord(  # handed over in memory
+            inputs, value, partition=3, offset=-1, headers=[(HOP_HEADER, b"9f2:17"), ("pipeline", b"p")]
+        )
         done = asyncio.Event()
         count = [0]
 
@@ -142,13 +122,13 @@ def test_a_pipeline_takes_a_model_answer_written_twice_once() -> None:
             [manifest] = parse_pipelines(PIPELINES.format(name=name))
             graphs[name] = (compile_pipeline(manifest, TOPICS), "1")
         runner.set_pipelines(graphs)
-        answer = [("pipeline", b"p"), (t.SOURCE_HEADER, b"@7")]
-        runner.on_record(Msg(A_OUT, 100, answer))
+        first_answer = [("pipeline", b"p"), (t.SOURCE_HEADER, b"@7")]
+        runner.on_record(answer(100, first_answer))
         first = len(out.records)
-        runner.on_record(Msg(A_OUT, 101, answer))  # the same answer again, after a takeover
-        runner.on_record(Msg(A_OUT, 102, [("pipeline", b"p"), (t.SOURCE_HEADER, b"@8")]))
+        runner.on_record(answer(101, first_answer))  # the same answer again, after a takeover
+        runner.on_record(answer(102, [("pipeline", b"p"), (t.SOURCE_HEADER, b"@8")]))
         runner.release("p", 3)
-        runner.on_record(Msg(A_OUT, 103, answer))
+        runner.on_record(answer(103, first_answer))
         return out.records, first
 
     records, first = asyncio.run(run())

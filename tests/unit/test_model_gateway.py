@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
+from records import FakeRecord
+
 from headrace.engine import topics as t
 from headrace.engine.gateways.model import HOLD_BYTES, HOLD_RECORDS, ModelGateway, slot_of
 from headrace.gateway.oip.pb import pb2
@@ -14,32 +16,18 @@ from headrace.gateway.runtime.client import InferResult
 TOPICS = t.Topics()
 
 
-class FakeMessage:
-    def __init__(self, model: str, offset: int) -> None:
-        req = pb2.ModelInferRequest(model_name=model)
-        x = req.inputs.add(name="x", datatype="INT64", shape=[1])
-        x.contents.int64_contents.append(offset)
-        self._value = req.SerializeToString()
-        self._topic = TOPICS.model_inputs(model)
-        self._offset = offset
-
-    def topic(self) -> str:
-        return self._topic
-
-    def partition(self) -> int:
-        return 0
-
-    def offset(self) -> int:
-        return self._offset
-
-    def key(self) -> bytes:
-        return f"0.m.{self._offset}".encode()
-
-    def value(self) -> bytes:
-        return self._value
-
-    def headers(self) -> list[tuple[str, bytes]]:
-        return [("pipeline", b"p")]
+def model_input(model: str, offset: int) -> FakeRecord:
+    """A record of the model's inputs topic: one INT64 tensor holding its offset."""
+    req = pb2.ModelInferRequest(model_name=model)
+    x = req.inputs.add(name="x", datatype="INT64", shape=[1])
+    x.contents.int64_contents.append(offset)
+    return FakeRecord(
+        TOPICS.model_inputs(model),
+        req.SerializeToString(),
+        offset=offset,
+        key=f"0.m.{offset}".encode(),
+        headers=[("pipeline", b"p")],
+    )
 
 
 class FakeDataPlane:
@@ -101,8 +89,8 @@ def test_a_model_with_its_own_workers_does_not_block_its_slot_neighbour() -> Non
             num_workers=1, max_consumers=4, workers_for=lambda m: 3 if m == slow else None,
         )  # fmt: skip
         for i in range(3):
-            gw.submit(slow, FakeMessage(slow, i), done)  # type: ignore[arg-type]
-        gw.submit(fast, FakeMessage(fast, 10), done)  # type: ignore[arg-type]
+            gw.submit(slow, model_input(slow, i), done)
+        gw.submit(fast, model_input(fast, 10), done)
         for _ in range(50):
             await asyncio.sleep(0)
         assert (TOPICS.model_outputs(fast), b"0.m.10") in producer.records  # not stuck behind slow
@@ -124,8 +112,8 @@ def test_models_sharing_a_slot_share_its_workers() -> None:
         gate = asyncio.Event()
         dataplane, producer, done = FakeDataPlane(slow, gate), FakeProducer(), Done()
         gw = ModelGateway(TOPICS, producer, dataplane, num_workers=1, max_consumers=4)  # type: ignore[arg-type]
-        gw.submit(slow, FakeMessage(slow, 0), done)  # type: ignore[arg-type]
-        gw.submit(fast, FakeMessage(fast, 1), done)  # type: ignore[arg-type]
+        gw.submit(slow, model_input(slow, 0), done)
+        gw.submit(fast, model_input(fast, 1), done)
         for _ in range(50):
             await asyncio.sleep(0)
         assert producer.records == []  # one worker, busy with the slow model: Seldon's behaviour
@@ -151,8 +139,8 @@ def test_a_slot_with_too_many_records_queued_holds_its_models_topics_until_half_
         )  # fmt: skip
         assert slot_of(slow, 100) != slot_of(fast, 100)
         for i in range(HOLD_RECORDS + 10):
-            gw.submit(slow, FakeMessage(slow, i), done)  # type: ignore[arg-type]
-        gw.submit(fast, FakeMessage(fast, 99_999), done)  # type: ignore[arg-type]
+            gw.submit(slow, model_input(slow, i), done)
+        gw.submit(fast, model_input(fast, 99_999), done)
         for _ in range(20):
             await asyncio.sleep(0)
         assert held == [frozenset({TOPICS.model_inputs(slow)})]  # only the backed-up slot's model
@@ -176,10 +164,11 @@ def test_a_slot_holds_on_bytes_queued_too() -> None:
         dataplane, producer, done = FakeDataPlane("big", gate), FakeProducer(), Done()
         held: list[frozenset[str]] = []
         gw = ModelGateway(TOPICS, producer, dataplane, hold=held.append)  # type: ignore[arg-type]
-        msg = FakeMessage("big", 0)
-        msg._value = msg._value + b"\0" * (HOLD_BYTES // 8)  # trailing bytes: never decoded
+        small = model_input("big", 0)
+        padded = small.value() + b"\0" * (HOLD_BYTES // 8)  # trailing bytes: never decoded
+        msg = FakeRecord(small.topic(), padded, key=small.key(), headers=small.headers())
         for _ in range(10):
-            gw.submit("big", msg, done)  # type: ignore[arg-type]
+            gw.submit("big", msg, done)
         held_then = list(held)
         gate.set()
         gw.close()

@@ -9,6 +9,7 @@ import uuid
 from typing import Any
 
 import pytest
+from records import FakeRecord
 
 from headrace.engine.backbone.loopback import HopLedger, LocalRecord, LoopbackProducer
 from headrace.engine.backbone.offload import (
@@ -141,22 +142,9 @@ def test_the_kafka_copy_carries_a_reference_the_next_step_the_bytes_and_settling
 
 
 def test_a_resolved_record_has_its_payload_and_no_reference() -> None:
-    class Msg:
-        def topic(self) -> str:
-            return "t"
-
-        def partition(self) -> int:
-            return 3
-
-        def offset(self) -> int:
-            return 9
-
-        def key(self) -> bytes:
-            return b"k"
-
-        def headers(self) -> list[tuple[str, Any]]:
-            return [("pipeline", b"p"), (OFFLOAD_HEADER, b"ref")]
-
-    record = ResolvedRecord(Msg(), b"payload")
+    msg = FakeRecord(
+        "t", partition=3, offset=9, key=b"k", headers=[("pipeline", b"p"), (OFFLOAD_HEADER, b"ref")]
+    )
+    record = ResolvedRecord(msg, b"payload")
     assert (record.topic(), record.partition(), record.offset(), record.key()) == ("t", 3, 9, b"k")
     assert record.value() == b"payload" and record.headers() == [("pipeline", b"p")]
