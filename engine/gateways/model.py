@@ -21,6 +21,7 @@ from headrace.config.errors import ErrorKind, HeadraceError
 from headrace.engine import topics as t
 from headrace.engine.backbone.loopback import HOP_HEADER
 from headrace.engine.backbone.record import Record, Writer, headers_of
+from headrace.engine.gateways.expiry import Expiry
 from headrace.gateway.dataplane import DataPlane
 from headrace.gateway.oip import grpc_codec
 from headrace.gateway.oip.pb import pb2
@@ -75,6 +76,7 @@ class ModelGateway:
         self.workers_for = workers_for
         self.hold = hold  # told the inputs topics not to fetch for now (the consumer's hold)
         self.slots: dict[int | str, Slot] = {}  # hash slot index, or a model with its own workers
+        self._expiry: Expiry | None = None  # the calls' deadlines (made on the loop, at the first)
         # metrics and tracing hooks (gateway/telemetry): the steps' model calls, hop times, spans
         self.calls = FrontDoor(getattr(dataplane, "registry", None))
         self.steps = StepTelemetry()
@@ -112,6 +114,11 @@ class ModelGateway:
         return {i: s.queue.qsize() + s.busy for i, s in self.slots.items()}
 
     async def _work(self, slot: Slot) -> None:
+        me = asyncio.current_task()
+        assert me is not None
+        if self._expiry is None:
+            self._expiry = Expiry(self.worker_timeout_s, asyncio.get_running_loop())
+        expiry = self._expiry
         while True:
             model, msg, done = await slot.queue.get()
             slot.busy += 1
@@ -120,7 +127,7 @@ class ModelGateway:
                 slot.full = False
                 self._held()
             try:
-                written = await self._handle(model, msg)
+                written = await self._handle(model, msg, me, expiry)
             except Exception:  # never let one record kill the worker
                 log.exception("model gateway failed on a record of %s", model)
                 done()
@@ -130,8 +137,11 @@ class ModelGateway:
             # the next record does not wait for the broker's ack of this one's output
             written.add_done_callback(functools.partial(self._written, model, msg, done))
 
-    async def _handle(self, model: str, msg: Record) -> asyncio.Future[None]:
-        """Call the model; returns the future of writing its output (or its error)."""
+    async def _handle(
+        self, model: str, msg: Record, me: asyncio.Task[Any], expiry: Expiry
+    ) -> asyncio.Future[None]:
+        """Call the model (within ``worker_timeout_s``); returns the future of writing its output
+        (or its error)."""
         partition = msg.partition() or 0
         key = msg.key() or b""
         began, started = self.steps.began(), time.perf_counter()  # telemetry hook
@@ -141,8 +151,17 @@ class ModelGateway:
             if isinstance(pending, InferResult):
                 result = pending
             else:  # a deadline on this task: no task of its own per call, as wait_for would make
-                async with asyncio.timeout(self.worker_timeout_s):
+                ticket = expiry.begin(me)
+                try:
                     result = await pending
+                except BaseException as exc:
+                    if expiry.end(ticket):  # the deadline cancelled it
+                        me.uncancel()
+                        if isinstance(exc, asyncio.CancelledError):
+                            raise TimeoutError from None
+                    raise
+                if expiry.end(ticket):  # expired, but the call let the cancellation pass
+                    me.uncancel()
             try:
                 value = grpc_codec.encode_response(result.response, request).SerializeToString()
             finally:
@@ -178,6 +197,8 @@ class ModelGateway:
         return fut
 
     def close(self) -> None:
+        if self._expiry is not None:
+            self._expiry.close()
         for slot in self.slots.values():
             for task in slot.workers:
                 task.cancel()

@@ -7,6 +7,7 @@ from typing import Any
 
 from records import FakeRecord
 
+from headrace.config.errors import ErrorKind, HeadraceError
 from headrace.engine import topics as t
 from headrace.engine.gateways.model import HOLD_BYTES, HOLD_RECORDS, ModelGateway, slot_of
 from headrace.gateway.oip.pb import pb2
@@ -175,3 +176,50 @@ def test_a_slot_holds_on_bytes_queued_too() -> None:
         return held_then
 
     assert asyncio.run(run()) == [frozenset({TOPICS.model_inputs("big")})]
+
+
+class FailingDataPlane(FakeDataPlane):
+    """``slow`` never answers; ``broken`` fails at once; any other model echoes."""
+
+    async def _infer(self, request: InferRequest) -> InferResult:
+        if request.model_name == "broken":
+            raise HeadraceError("broken is broken", ErrorKind.INVALID_ARGUMENT)
+        return await super()._infer(request)
+
+
+class KeepingProducer(FakeProducer):
+    def __init__(self) -> None:
+        super().__init__()
+        self.values: dict[tuple[str, bytes], bytes] = {}
+
+    def produce(
+        self, topic: str, partition: int, key: bytes, value: bytes, headers: Any
+    ) -> asyncio.Future[None]:
+        self.values[(topic, key)] = value
+        return super().produce(topic, partition, key, value, headers)
+
+
+def test_a_call_past_the_worker_timeout_becomes_an_error_record_and_the_worker_goes_on() -> None:
+    async def run() -> None:
+        dataplane, producer, done = FailingDataPlane("stuck", asyncio.Event()), KeepingProducer(), Done()
+        gw = ModelGateway(TOPICS, producer, dataplane, num_workers=1, worker_timeout_s=0.05)  # type: ignore[arg-type]
+        gw.submit("stuck", model_input("stuck", 1), done)
+        gw.submit("broken", model_input("broken", 2), done)  # fails early: its deadline must not fire
+        gw.submit("echo", model_input("echo", 3), done)
+        for _ in range(100):
+            await asyncio.sleep(0.01)
+            if done.count == 3:
+                break
+        assert producer.values[(TOPICS.errors, b"0.m.1")] == b"model gateway worker timed out"
+        assert producer.values[(TOPICS.errors, b"0.m.2")] == b"broken is broken"
+        assert (TOPICS.model_outputs("echo"), b"0.m.3") in producer.records
+        await asyncio.sleep(0.1)  # past every deadline begun: the one worker is still there, working
+        gw.submit("echo", model_input("echo", 4), done)
+        for _ in range(20):
+            await asyncio.sleep(0)
+        assert (TOPICS.model_outputs("echo"), b"0.m.4") in producer.records
+        assert done.count == 4
+        assert [w.done() for w in gw.slots[slot_of("echo", 100)].workers] == [False]
+        gw.close()
+
+    asyncio.run(run())
