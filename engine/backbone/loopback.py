@@ -12,6 +12,7 @@ offset, as it would without local hops.
 from __future__ import annotations
 
 import asyncio
+import functools
 import itertools
 import os
 import time
@@ -30,9 +31,9 @@ FORGET_AFTER_S = 120.0
 
 
 class LocalRecord:
-    """A record handed over in memory, with the future of its write to Kafka."""
+    """A record handed over in memory (its write to Kafka is under way)."""
 
-    __slots__ = ("_headers", "_key", "_partition", "_topic", "_value", "seq", "written")
+    __slots__ = ("_headers", "_key", "_partition", "_topic", "_value", "seq")
 
     def __init__(
         self,
@@ -42,7 +43,6 @@ class LocalRecord:
         value: bytes,
         headers: list[tuple[str, Any]],
         seq: int,
-        written: asyncio.Future[None],
     ) -> None:
         self._topic = topic
         self._partition = partition
@@ -50,7 +50,6 @@ class LocalRecord:
         self._value = value
         self._headers = headers
         self.seq = seq
-        self.written = written
 
     def topic(self) -> str:
         return self._topic
@@ -265,14 +264,17 @@ class LoopbackProducer:
             parked = self.offload.park(value)
         seq, stamp = self.ledger.stamp(parked[1] if parked else None)
         stamped: list[tuple[str, Any]] = [(HOP_HEADER, stamp), *headers]
+        record = LocalRecord(topic, partition, key, value, stamped, seq)
+        failed = functools.partial(self._failed, record)  # told only if the write fails
         if parked is None:
             through = self.remote if shared else self.producer
-            written = through.produce(topic, partition, key, value, stamped)
+            written = through.produce(topic, partition, key, value, stamped, failed)
         else:  # the broker's copy carries a reference to the payload parked in shared memory
             through = self.producer
-            written = through.produce(topic, partition, key, b"", [*stamped, (OFFLOAD_HEADER, parked[0])])
+            written = through.produce(
+                topic, partition, key, b"", [*stamped, (OFFLOAD_HEADER, parked[0])], failed
+            )
         self.last[(topic, partition, through is self.producer)] = written
-        record = LocalRecord(topic, partition, key, value, stamped, seq, written)
         if written.done() and (written.cancelled() or written.exception() is not None):
             self.ledger.lost(seq)
             self.ledger.handled(seq)
@@ -280,13 +282,10 @@ class LoopbackProducer:
             if self.on_lost is not None and exc is not None:
                 self.on_lost(record, exc)  # refused at once (e.g. too large): nothing goes on from here
             return written
-        written.add_done_callback(lambda fut: self._written(record, fut))
         self.loop.call_soon(self.deliver, record)
         return written
 
-    def _written(self, record: LocalRecord, fut: asyncio.Future[None]) -> None:
-        exc = None if fut.cancelled() else fut.exception()
-        if fut.cancelled() or exc is not None:
-            self.ledger.lost(record.seq)
-            if self.on_lost is not None and exc is not None:
-                self.on_lost(record, exc)
+    def _failed(self, record: LocalRecord, exc: BaseException) -> None:
+        self.ledger.lost(record.seq)
+        if self.on_lost is not None:
+            self.on_lost(record, exc)

@@ -6,7 +6,7 @@ import asyncio
 import logging
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from confluent_kafka import KafkaError, KafkaException, Producer
@@ -15,6 +15,9 @@ log = logging.getLogger("headrace.producer")
 
 Headers = list[tuple[str, str | bytes | None]]
 HeaderSeq = Sequence[tuple[str, str | bytes | None]]
+#: Told of a record's failed write (see AsyncProducer.produce).
+OnError = Callable[[BaseException], None]
+_Report = tuple["asyncio.Future[None]", "KafkaError | None", "OnError | None"]
 
 
 class ProduceError(Exception):
@@ -47,7 +50,7 @@ class AsyncProducer:
         # delivery reports come from whichever thread serves librdkafka's events: the reports thread
         # polling, or one flushing (a unit handed over); the lock keeps every report for the loop
         self._lock = threading.Lock()
-        self._reports: list[tuple[asyncio.Future[None], KafkaError | None]] = []
+        self._reports: list[_Report] = []
         # metrics hook: produce→acknowledgement seconds, observed under the lock (one writer at a time)
         self.delivery: Any = None
 
@@ -65,14 +68,20 @@ class AsyncProducer:
         key: bytes,
         value: bytes,
         headers: HeaderSeq,
+        on_error: OnError | None = None,
     ) -> asyncio.Future[None]:
-        """Queue a record; the future completes when the broker has it (or with ProduceError)."""
+        """Queue a record; the future completes when the broker has it (or with ProduceError).
+
+        ``on_error`` is called on the loop, before the future's callbacks, if the write fails later
+        (not when produce() refuses it at once: the future is failed already then). A caller that
+        only needs to hear of failures passes it instead of adding a done-callback: no callback is
+        scheduled for a record that is written."""
         fut: asyncio.Future[None] = self._loop.create_future()
         delivery, sent = self.delivery, time.monotonic()
 
         def on_delivery(err: KafkaError | None, _msg: Any) -> None:
             with self._lock:  # called inside poll() or flush()
-                self._reports.append((fut, err))
+                self._reports.append((fut, err, on_error))
                 if delivery is not None:
                     delivery.observe(time.monotonic() - sent)
 
@@ -82,12 +91,12 @@ class AsyncProducer:
                 value=value,
                 key=key,
                 partition=partition,
-                headers=list(headers),
+                headers=headers if isinstance(headers, list) else list(headers),
                 on_delivery=on_delivery,
             )
         except BufferError:
             # the local queue is full: wait for room without blocking the loop
-            return asyncio.ensure_future(self._produce_later(topic, partition, key, value, headers))
+            return asyncio.ensure_future(self._produce_later(topic, partition, key, value, headers, on_error))
         except KafkaException as exc:
             err = exc.args[0] if exc.args else None
             fut.set_exception(_error(err if isinstance(err, KafkaError) else None, str(exc)))
@@ -118,9 +127,14 @@ class AsyncProducer:
         key: bytes,
         value: bytes,
         headers: HeaderSeq,
+        on_error: OnError | None,
     ) -> None:
         await asyncio.sleep(0.005)
-        await self.produce(topic, partition, key, value, headers)
+        written = self.produce(topic, partition, key, value, headers, on_error)
+        failed = written.done() and not written.cancelled() and written.exception()
+        if on_error is not None and failed:
+            on_error(failed)  # refused at once this time: tell it as a later failure
+        await written
 
     def _serve_reports(self) -> None:
         """Delivery reports reach the loop a poll's worth at a time: one wake-up, not one per record."""
@@ -128,7 +142,7 @@ class AsyncProducer:
             self._producer.poll(0.05)
             self._hand_over()
 
-    def _take_reports(self) -> list[tuple[asyncio.Future[None], KafkaError | None]]:
+    def _take_reports(self) -> list[_Report]:
         if not self._reports:
             return []
         with self._lock:
@@ -157,18 +171,17 @@ class AsyncProducer:
             self._producer.flush(timeout)
 
 
-def _settle_all(batch: list[tuple[asyncio.Future[None], KafkaError | None]]) -> None:
-    for fut, err in batch:
-        _settle(fut, err)
-
-
-def _settle(fut: asyncio.Future[None], err: KafkaError | None) -> None:
-    if fut.done():
-        return
-    if err is None:
-        fut.set_result(None)
-    else:
-        fut.set_exception(_error(err, err.str()))
+def _settle_all(batch: list[_Report]) -> None:
+    for fut, err, on_error in batch:
+        if fut.done():
+            continue
+        if err is None:
+            fut.set_result(None)
+            continue
+        exc = _error(err, err.str())
+        if on_error is not None:
+            on_error(exc)
+        fut.set_exception(exc)
 
 
 def _error(err: KafkaError | None, text: str) -> ProduceError:

@@ -65,8 +65,10 @@ class Copies:
     def wrap(self, producer: Any) -> None:
         real = producer.produce
 
-        def produce(topic: str, partition: int, key: bytes, value: bytes, headers: Any) -> Any:
-            fut = real(topic, partition, key, value, headers)
+        def produce(
+            topic: str, partition: int, key: bytes, value: bytes, headers: Any, on_error: Any = None
+        ) -> Any:
+            fut = real(topic, partition, key, value, headers, on_error)
             offset = self.offsets.get((topic, partition), 0)
             self.offsets[(topic, partition)] = offset + 1
             self.pending.append(_Msg(topic, partition, offset, key, value, list(headers)))

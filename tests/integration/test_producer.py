@@ -70,7 +70,7 @@ def test_every_record_acknowledged_once_in_order(kafka_bootstrap: str, poll_ever
     assert values == [str(i).encode() for i in range(RECORDS)] + [b"last"]
 
 
-def test_a_refused_record_fails_its_future_on_a_loop_polled_producer(kafka_bootstrap: str) -> None:
+def test_a_refused_record_fails_its_future_and_tells_its_on_error_hook(kafka_bootstrap: str) -> None:
     topic = f"produce-big-{uuid.uuid4().hex[:8]}"
     admin = AdminClient(admin_config(Settings(kafka_bootstrap=kafka_bootstrap)))
     created = admin.create_topics([NewTopic(topic, 1, 1, config={"max.message.bytes": "1000000"})])
@@ -78,11 +78,18 @@ def test_a_refused_record_fails_its_future_on_a_loop_polled_producer(kafka_boots
     # the client's limit is above the topic's, so the broker is the one that refuses
     conf = producer_config(Settings(kafka_bootstrap=kafka_bootstrap), {"message.max.bytes": 8_000_000})
 
+    told: list[str] = []  # on_error and the future's callback, in the order they ran
+
     async def main() -> BaseException | None:
         producer = AsyncProducer(conf, asyncio.get_running_loop(), 0.001)
         producer.start()
         try:
-            fut = producer.produce(topic, 0, b"0.k.big", b"x" * 3_000_000, [])
+            small = producer.produce(topic, 0, b"0.k.small", b"x", [], lambda e: told.append("small"))
+            fut = producer.produce(
+                topic, 0, b"0.k.big", b"x" * 3_000_000, [], lambda e: told.append(f"on_error {e}")
+            )
+            fut.add_done_callback(lambda _: told.append("callback"))
+            await asyncio.wait_for(small, 20)
             try:
                 await asyncio.wait_for(fut, 20)
             except ProduceError as exc:
@@ -94,6 +101,8 @@ def test_a_refused_record_fails_its_future_on_a_loop_polled_producer(kafka_boots
     refused = asyncio.run(main())
     assert isinstance(refused, ProduceError)
     assert refused.too_large
+    # the failed write is told once, before the future's callbacks; the written one not at all
+    assert told == [f"on_error {refused}", "callback"]
 
 
 def test_a_flush_from_another_thread_settles_on_the_loop(kafka_bootstrap: str) -> None:

@@ -46,7 +46,7 @@ class Written:
         self.records: list[tuple[str, int, bytes, list[tuple[str, Any]]]] = []
 
     def produce(
-        self, topic: str, partition: int, key: bytes, value: bytes, headers: Any
+        self, topic: str, partition: int, key: bytes, value: bytes, headers: Any, on_error: Any = None
     ) -> asyncio.Future[None]:
         self.records.append((topic, partition, key, list(headers)))
         fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()

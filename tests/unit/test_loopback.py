@@ -86,16 +86,24 @@ class FakeProducer:
         self.fail_now = fail_now
         self.sent: list[tuple[str, int, list[tuple[str, Any]]]] = []
         self.futures: list[asyncio.Future[None]] = []
+        self.on_error: list[Any] = []
 
     def produce(
-        self, topic: str, partition: int, key: bytes, value: bytes, headers: Any
+        self, topic: str, partition: int, key: bytes, value: bytes, headers: Any, on_error: Any = None
     ) -> asyncio.Future[None]:
         fut: asyncio.Future[None] = self.loop.create_future()
         if self.fail_now:
             fut.set_exception(ProduceError("too large", too_large=True))
         self.sent.append((topic, partition, list(headers)))
         self.futures.append(fut)
+        self.on_error.append(on_error)
         return fut
+
+    def fail(self, index: int, exc: BaseException) -> None:
+        """A write failing later, as AsyncProducer tells it: the hook, then the future."""
+        if self.on_error[index] is not None:
+            self.on_error[index](exc)
+        self.futures[index].set_exception(exc)
 
 
 def _writer(
@@ -138,7 +146,7 @@ def test_records_for_own_partitions_are_written_and_handed_over() -> None:
         assert producer.sent[1][2] == [("pipeline", b"p")] == producer.sent[2][2]
         assert record.headers() == stamped
         # a write failing after the hand-over is reported, so a waiting caller hears of it
-        producer.futures[0].set_exception(ProduceError("broker down"))
+        producer.fail(0, ProduceError("broker down"))
         await asyncio.sleep(0)
         assert lost == ["broker down"]
 

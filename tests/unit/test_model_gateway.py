@@ -53,7 +53,7 @@ class FakeProducer:
         self.records: list[tuple[str, bytes]] = []
 
     def produce(
-        self, topic: str, partition: int, key: bytes, value: bytes, headers: Any
+        self, topic: str, partition: int, key: bytes, value: bytes, headers: Any, on_error: Any = None
     ) -> asyncio.Future[None]:
         self.records.append((topic, key))
         fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
@@ -193,10 +193,10 @@ class KeepingProducer(FakeProducer):
         self.values: dict[tuple[str, bytes], bytes] = {}
 
     def produce(
-        self, topic: str, partition: int, key: bytes, value: bytes, headers: Any
+        self, topic: str, partition: int, key: bytes, value: bytes, headers: Any, on_error: Any = None
     ) -> asyncio.Future[None]:
         self.values[(topic, key)] = value
-        return super().produce(topic, partition, key, value, headers)
+        return super().produce(topic, partition, key, value, headers, on_error)
 
 
 def test_a_call_past_the_worker_timeout_becomes_an_error_record_and_the_worker_goes_on() -> None:

@@ -103,7 +103,7 @@ class Producer:
         self.sent: list[tuple[str, bytes, list[tuple[str, Any]]]] = []
 
     def produce(
-        self, topic: str, partition: int, key: bytes, value: bytes, headers: Any
+        self, topic: str, partition: int, key: bytes, value: bytes, headers: Any, on_error: Any = None
     ) -> asyncio.Future[None]:
         self.sent.append((topic, value, list(headers)))
         return self.loop.create_future()
