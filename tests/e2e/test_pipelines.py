@@ -307,6 +307,36 @@ def test_request_timeout_answers_instead_of_hanging(kserve: Serve) -> None:
     assert "did not answer within 1 s" in out["error"]
 
 
+def test_a_step_past_the_model_gateway_worker_timeout_is_a_400_not_a_hang(tmp_path: Path) -> None:
+    """MODELGATEWAY_WORKER_TIMEOUT_MS: a step's model call that takes longer fails the step, as
+    Seldon's model gateway does; the caller hears of it as of any model error (the pipeline's own
+    timeout, 60 s by default, is far off)."""
+    s = Serve(
+        tmp_path / "data", kafka=True, env={"MODELGATEWAY_WORKER_TIMEOUT_MS": "500"},
+        extra=["--load", str(SAMPLES), "--load", str(PIPELINES)],
+    )  # fmt: skip
+    try:
+        s.start()
+        cli(s, "model", "load", "-f", str(model_manifest(tmp_path, "slow", SLOW)))
+        slow = "spec:\n  steps:\n  - name: slow\n  output:\n    steps: [slow]\n"
+        cli(s, "pipeline", "load", "-f", str(pipeline_manifest(tmp_path, "slowpoke", slow)))
+        cli(s, "pipeline", "status", "slowpoke", "-w", "PipelineReady", "--timeout", "60")
+        status, _, out = infer_pipeline(s, "slowpoke", body([1]))
+        assert status == 400, out
+        assert out["error"] == "slow : model gateway worker timed out"
+        # the gateway goes on; the model server is still busy with the 5 s call, so calls of the
+        # models it shares with slow time out too until that call is over
+        for _ in range(40):
+            status, _, out = infer_pipeline(s, "demo", body([1, 2]))
+            if status == 200:
+                break
+            assert out["error"] == "echo : model gateway worker timed out"
+            time.sleep(0.25)
+        assert status == 200 and out["outputs"][0]["data"] == [3], out
+    finally:
+        s.stop()
+
+
 def test_model_error_reaches_the_caller_as_400(kserve: Serve) -> None:
     status, _, out = infer_pipeline(kserve, "failing", body([1]))
     assert status == 400, out
